@@ -1,0 +1,1 @@
+"""The `coca-search` console command: flags are parsed here and nowhere else."""

@@ -1,0 +1,3 @@
+from coca_search.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""Entry point of the `coca-search` command.
+
+Each area registers its subcommands from its own module so that flag parsing stays in this package
+while the work happens in `coca`, `storage`, `indexer` and `search_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+app = typer.Typer(
+    name="coca-search",
+    help="Index a photo library with a CoCa model and search it by text in the browser.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def configure(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    """Set up logging once for every subcommand."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register_commands() -> None:
+    # Imported here so that `coca-search --help` does not pay for torch unless a command needs it.
+    from coca_search import model_commands
+
+    model_commands.register(app)
+    try:
+        from coca_search import index_commands
+    except ImportError:  # not written yet in early checkouts
+        index_commands = None
+    if index_commands is not None:
+        index_commands.register(app)
+    try:
+        from coca_search import app_commands
+    except ImportError:
+        app_commands = None
+    if app_commands is not None:
+        app_commands.register(app)
+
+
+def main() -> None:
+    _register_commands()
+    app()
