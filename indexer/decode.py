@@ -1,0 +1,240 @@
+"""Decode image files into small uint8 tensors ready for the model, in a bounded parallel pool.
+
+Decoding is the CPU-heavy stage of indexing, so it runs ahead of the model in worker threads
+(Pillow releases the GIL while it decodes and resizes). Each image is reduced as early as possible:
+JPEGs are decoded at a reduced DCT scale (draft mode) when the model needs far fewer pixels, and the
+model's square centre crop is cut before resizing so that odd aspect ratios never blow up memory.
+A file that fails is returned with its error message; it never stops the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+_EXIF_IFD = 0x8769
+_TAG_ORIENTATION = 0x0112
+_TAG_MAKE = 0x010F
+_TAG_MODEL = 0x0110
+_TAG_DATETIME = 0x0132
+_TAG_DATETIME_ORIGINAL = 0x9003
+_ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
+# EXIF orientation -> the transpose that shows the photo upright (as ImageOps.exif_transpose does).
+_ORIENTATION_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+_heif_lock = threading.Lock()
+_heif_registered = False
+
+
+class DecodeError(ValueError):
+    """A file that cannot be turned into an image for the model; the message says why."""
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How files become model inputs."""
+
+    image_size: int = 224  # side of the model's square input; decode keeps just what the crop needs
+    max_pixels: int = 2 * Image.MAX_IMAGE_PIXELS  # larger images are refused (decompression bombs)
+    workers: int = 2  # decode threads; about one per free CPU core
+    prefetch_per_worker: int = 8  # files decoded ahead of the consumer, per worker, to hide stalls
+    use_draft: bool = True  # reduced-size JPEG decode; off only to compare against full decodes
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One image, oriented, converted to RGB and cut to the model's square input."""
+
+    pixels: torch.Tensor  # uint8 (3, S, S)
+    width: int  # original size after EXIF orientation, for the catalog
+    height: int
+    format: str | None  # Pillow's format name, e.g. "JPEG"
+    taken_at: datetime | None  # EXIF DateTimeOriginal (or DateTime), no timezone
+    camera: str | None  # EXIF make and model
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """The outcome for one path: an image, or the message explaining why there is none."""
+
+    path: Path
+    image: DecodedImage | None
+    error: str | None
+
+
+def register_heif_opener() -> None:
+    """Teach Pillow to open HEIC/HEIF files (AVIF is native in Pillow); safe to call many times."""
+    global _heif_registered
+    with _heif_lock:
+        if _heif_registered:
+            return
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        except ImportError:
+            logger.warning("pillow-heif is missing; HEIC/HEIF photos will be recorded as errors")
+        _heif_registered = True
+
+
+def decode_image(path: Path, config: DecodeConfig) -> DecodedImage:
+    """Read one file into a (3, S, S) uint8 tensor plus its metadata; raises on any bad file."""
+    register_heif_opener()
+    try:
+        with Image.open(path) as image:
+            return _decode_open_image(image, config)
+    except Image.DecompressionBombError as error:
+        raise DecodeError(f"image is too large to decode safely: {error}") from error
+    except Image.UnidentifiedImageError as error:
+        raise DecodeError("not an image Pillow can read (wrong extension or corrupt)") from error
+
+
+def _decode_open_image(image: Image.Image, config: DecodeConfig) -> DecodedImage:
+    width, height = image.size
+    if width * height > config.max_pixels:
+        raise DecodeError(
+            f"image has {width}x{height} pixels, more than the limit of {config.max_pixels}"
+        )
+    if width < 1 or height < 1:
+        raise DecodeError(f"image has no pixels ({width}x{height})")
+    image_format = image.format
+    exif = image.getexif()
+    transpose = _ORIENTATION_TRANSPOSES.get(exif.get(_TAG_ORIENTATION, 1))
+    if exif.get(_TAG_ORIENTATION) in _ROTATED_ORIENTATIONS:
+        width, height = height, width
+    taken_at, camera = read_exif_metadata(exif)
+    if config.use_draft and image_format == "JPEG":
+        image.draft("RGB", _draft_request(image.size, config.image_size))
+    image.load()  # truncated or corrupt data raises here
+    # The centred square crop commutes with EXIF rotations and flips, so orient the small result.
+    square = crop_and_resize(to_rgb(image), config.image_size)
+    if transpose is not None:
+        square = square.transpose(transpose)
+    pixels = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)  # (H,W,3) -> (3,S,S)
+    return DecodedImage(pixels, width, height, image_format, taken_at, camera)
+
+
+def _draft_request(size: tuple[int, int], image_size: int) -> tuple[int, int]:
+    """The smallest size JPEG draft may shrink to while the shorter side stays >= image_size."""
+    width, height = size
+    scale = image_size / min(width, height)
+    return (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is flattened onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # A plain convert would clip 16-bit values at 255 (a white image); scale them down instead.
+        return image.convert("I").point(lambda value: value / 256).convert("L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def crop_and_resize(image: Image.Image, image_size: int) -> Image.Image:
+    """The centred square of the shorter side, resized (bicubic) to image_size x image_size.
+
+    Same pixels as resizing the shorter side to image_size and then centre-cropping (the usual CLIP
+    preprocessing), but the crop is taken first so that a 20000x2 panorama stays cheap.
+    """
+    width, height = image.size
+    side = min(width, height)
+    left = (width - side) / 2
+    top = (height - side) / 2
+    box = (left, top, left + side, top + side)
+    return image.resize((image_size, image_size), Image.Resampling.BICUBIC, box=box)
+
+
+def read_exif_metadata(exif: Image.Exif) -> tuple[datetime | None, str | None]:
+    """(capture time, camera) from EXIF; missing or malformed fields become None."""
+    try:
+        sub_ifd = exif.get_ifd(_EXIF_IFD)
+    except (KeyError, ValueError, TypeError, OSError):
+        sub_ifd = {}
+    taken_at = _parse_exif_datetime(sub_ifd.get(_TAG_DATETIME_ORIGINAL) or exif.get(_TAG_DATETIME))
+    make = _clean_exif_text(exif.get(_TAG_MAKE))
+    model = _clean_exif_text(exif.get(_TAG_MODEL))
+    if make and model and not model.lower().startswith(make.lower()):
+        camera: str | None = f"{make} {model}"
+    else:
+        camera = model or make
+    return taken_at, camera
+
+
+def _parse_exif_datetime(value: object) -> datetime | None:
+    text = _clean_exif_text(value)
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+
+
+def _clean_exif_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        return None
+    text = value.replace("\x00", "").strip()
+    return text or None
+
+
+def decode_or_error(path: Path, config: DecodeConfig) -> DecodeResult:
+    """The one place where a bad file's exception becomes a recorded message."""
+    try:
+        return DecodeResult(path, decode_image(path, config), None)
+    except MemoryError:
+        return DecodeResult(path, None, "MemoryError: not enough memory to decode this image")
+    except Exception as error:  # noqa: BLE001 - any failure of one file must not stop the run
+        logger.debug("cannot decode %s: %s", path, error)
+        return DecodeResult(path, None, f"{type(error).__name__}: {error}")
+
+
+def decode_all(paths: Iterable[Path], config: DecodeConfig) -> Iterator[DecodeResult]:
+    """Decode files in parallel, yielding results in input order.
+
+    At most `workers * prefetch_per_worker` files are in flight, so memory stays bounded however
+    long the input is, and the consumer (the model) finds the next image already decoded.
+    """
+    window = max(1, config.workers * config.prefetch_per_worker)
+    pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="decode")
+    pending: deque[Future[DecodeResult]] = deque()
+    try:
+        for path in paths:
+            pending.append(pool.submit(decode_or_error, Path(path), config))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,209 @@
+"""Scan a photo folder and compare it with what the catalog already knows.
+
+The walk uses `os.scandir`, whose `DirEntry` carries the stat result on most platforms, so a re-scan
+of an unchanged library costs one `stat` per file and no reads. Content is hashed only for files the
+catalog has not seen at that path (new or changed), which is what rename detection needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+    }
+)
+
+# Head and tail of a file identify it well enough to follow a rename; reading the whole file would
+# make hashing cost as much as decoding.
+_HASH_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """An image file seen on disk during a scan."""
+
+    relative_path: str  # POSIX path relative to the library root: the catalog's key
+    size: int  # bytes
+    mtime_ns: int  # modification time in integer nanoseconds, compared exactly
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the catalog remembers about one file; the pipeline builds these from catalog rows."""
+
+    image_id: int
+    relative_path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+
+
+@dataclass(frozen=True)
+class MovedFile:
+    """A catalog row whose file vanished and reappeared, same content, at a new path."""
+
+    image_id: int
+    old_path: str
+    new: FoundFile
+
+
+@dataclass(frozen=True)
+class ScanDiff:
+    """How the folder differs from the catalog. Every found file lands in exactly one list."""
+
+    new: list[FoundFile] = field(default_factory=list)
+    changed: list[tuple[KnownFile, FoundFile]] = field(default_factory=list)
+    unchanged: list[KnownFile] = field(default_factory=list)
+    moved: list[MovedFile] = field(default_factory=list)
+    deleted: list[KnownFile] = field(default_factory=list)
+    # relative path -> content hash, for new, changed and moved files
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+def is_image_name(name: str) -> bool:
+    """True for file names with an image extension we can decode (case-insensitive)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def walk_images(root: Path) -> Iterator[FoundFile]:
+    """Yield every image file under `root`, skipping hidden entries and never looping on symlinks.
+
+    Symlinked folders are followed once: each directory is identified by its (device, inode) pair
+    and one already visited is skipped, so a link pointing back up the tree ends the descent.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a folder; pass the folder that holds your photos")
+    visited: set[tuple[int, int]] = set()
+    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            info = os.stat(folder)
+        except OSError as error:
+            logger.warning("cannot read folder %s: %s", folder, error)
+            continue
+        key = (info.st_dev, info.st_ino)
+        if key in visited:
+            logger.debug("skipping %s: already visited (symlink loop or second link)", folder)
+            continue
+        visited.add(key)
+        subfolders, files = _list_folder(folder, prefix)
+        yield from files
+        # Reverse so that the stack pops folders in name order: a deterministic walk.
+        stack.extend(reversed(subfolders))
+
+
+def _list_folder(folder: str, prefix: str) -> tuple[list[tuple[str, str]], list[FoundFile]]:
+    """One folder's image files (sorted) and its subfolders to visit."""
+    subfolders: list[tuple[str, str]] = []
+    files: list[FoundFile] = []
+    try:
+        with os.scandir(folder) as entries:
+            ordered = sorted(entries, key=lambda entry: entry.name)
+    except OSError as error:
+        logger.warning("cannot list folder %s: %s", folder, error)
+        return subfolders, files
+    for entry in ordered:
+        if entry.name.startswith("."):
+            continue
+        relative = f"{prefix}{entry.name}"
+        try:
+            if entry.is_dir():  # follows symlinks; loops are cut by the visited set
+                subfolders.append((entry.path, relative + "/"))
+            elif is_image_name(entry.name) and entry.is_file():
+                stat = entry.stat()
+                files.append(FoundFile(relative, stat.st_size, stat.st_mtime_ns))
+        except OSError as error:  # dangling symlink, entry removed while scanning, ...
+            logger.debug("skipping %s: %s", entry.path, error)
+    return subfolders, files
+
+
+def content_hash(path: Path, size: int | None = None) -> str:
+    """A fast fingerprint of a file: its size plus BLAKE2b of its first and last 64 KiB."""
+    size = os.path.getsize(path) if size is None else size
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(size.to_bytes(8, "little"))
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_HASH_CHUNK_BYTES))
+        if size > 2 * _HASH_CHUNK_BYTES:
+            handle.seek(size - _HASH_CHUNK_BYTES)
+            digest.update(handle.read(_HASH_CHUNK_BYTES))
+        elif size > _HASH_CHUNK_BYTES:
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def diff_library(
+    root: Path,
+    found: Iterable[FoundFile],
+    known: Iterable[KnownFile],
+    hasher: Callable[[Path, int], str] = content_hash,
+) -> ScanDiff:
+    """Sort found files into new, changed, unchanged and moved; catalog rows left over are deleted.
+
+    A file found at a path the catalog does not know is a move when its content hash equals that of
+    a catalog row whose own file has vanished; otherwise it is new. Each vanished row matches once.
+    """
+    diff = ScanDiff()
+    known_by_path = {row.relative_path: row for row in known}
+    unseen = dict(known_by_path)
+    arrivals: list[FoundFile] = []
+    for file in found:
+        row = known_by_path.get(file.relative_path)
+        if row is None:
+            arrivals.append(file)
+            continue
+        del unseen[file.relative_path]
+        if row.size == file.size and row.mtime_ns == file.mtime_ns:
+            diff.unchanged.append(row)
+        else:
+            diff.changed.append((row, file))
+            _remember_hash(diff, root, file, hasher)
+    vanished_by_hash: dict[str, list[KnownFile]] = {}
+    for row in unseen.values():
+        if row.content_hash:
+            vanished_by_hash.setdefault(row.content_hash, []).append(row)
+    for file in arrivals:
+        digest = _remember_hash(diff, root, file, hasher)
+        candidates = vanished_by_hash.get(digest or "")
+        if candidates:
+            row = candidates.pop(0)
+            del unseen[row.relative_path]
+            diff.moved.append(MovedFile(row.image_id, row.relative_path, file))
+        else:
+            diff.new.append(file)
+    diff.deleted.extend(unseen.values())
+    return diff
+
+
+def _remember_hash(
+    diff: ScanDiff, root: Path, file: FoundFile, hasher: Callable[[Path, int], str]
+) -> str | None:
+    """Hash a file for the catalog; an unreadable file gets no hash (decode will record why)."""
+    try:
+        digest = hasher(Path(root) / file.relative_path, file.size)
+    except OSError as error:
+        logger.debug("cannot hash %s: %s", file.relative_path, error)
+        return None
+    diff.hashes[file.relative_path] = digest
+    return digest

@@ -1,0 +1,113 @@
+"""Scanning finds image files once each and sorts them against the catalog."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from test_indexer_support import make_bad_corpus, write_library
+
+from indexer.scan import FoundFile, KnownFile, content_hash, diff_library, walk_images
+
+
+def _known(root: Path, files: list[FoundFile]) -> list[KnownFile]:
+    return [
+        KnownFile(i + 1, f.relative_path, f.size, f.mtime_ns, content_hash(root / f.relative_path))
+        for i, f in enumerate(files)
+    ]
+
+
+def test_scan_skips_hidden_and_non_images_and_survives_symlink_loops(tmp_path: Path) -> None:
+    corpus = make_bad_corpus(tmp_path)
+    (tmp_path / "readme.txt").write_text("not an image")
+    found = list(walk_images(tmp_path))
+    paths = [f.relative_path for f in found]
+    assert sorted(paths) == sorted(item.relative_path for item in corpus)
+    assert len(paths) == len(set(paths))
+
+
+def test_scan_follows_a_symlinked_folder_once(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    write_library(outside, 4, folders=1)
+    library = tmp_path / "library"
+    library.mkdir()
+    os.symlink(outside, library / "linked")
+    os.symlink(outside, library / "linked_again")
+    found = [f.relative_path for f in walk_images(library)]
+    assert len(found) == 4
+    assert all(path.startswith("linked/") for path in found)
+
+
+def test_scan_rejects_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        list(walk_images(tmp_path / "nope"))
+
+
+def test_scan_diff_finds_new_changed_moved_deleted(tmp_path: Path) -> None:
+    write_library(tmp_path, 6, folders=2)
+    known = _known(tmp_path, list(walk_images(tmp_path)))
+    (tmp_path / "album0" / "img_00000.jpg").rename(tmp_path / "album1" / "renamed.jpg")
+    (tmp_path / "album0" / "img_00002.jpg").unlink()
+    changed = tmp_path / "album1" / "img_00001.jpg"
+    changed.write_bytes(changed.read_bytes() + b"\x00")
+    write_library(tmp_path / "new", 1, seed=9, folders=1)
+    diff = diff_library(tmp_path, walk_images(tmp_path), known)
+    assert [m.old_path for m in diff.moved] == ["album0/img_00000.jpg"]
+    assert [m.new.relative_path for m in diff.moved] == ["album1/renamed.jpg"]
+    assert [f.relative_path for f in diff.new] == ["new/album0/img_00000.jpg"]
+    assert [new.relative_path for _, new in diff.changed] == ["album1/img_00001.jpg"]
+    assert [row.relative_path for row in diff.deleted] == ["album0/img_00002.jpg"]
+    assert len(diff.unchanged) == 3
+    assert set(diff.hashes) == {
+        "album1/renamed.jpg",
+        "new/album0/img_00000.jpg",
+        "album1/img_00001.jpg",
+    }
+
+
+def test_scan_duplicate_copies_move_only_once(tmp_path: Path) -> None:
+    write_library(tmp_path, 1, folders=1)
+    known = _known(tmp_path, list(walk_images(tmp_path)))
+    original = tmp_path / "album0" / "img_00000.jpg"
+    data = original.read_bytes()
+    original.unlink()
+    (tmp_path / "a.jpg").write_bytes(data)
+    (tmp_path / "b.jpg").write_bytes(data)
+    diff = diff_library(tmp_path, walk_images(tmp_path), known)
+    assert len(diff.moved) == 1 and len(diff.new) == 1 and not diff.deleted
+
+
+def test_scan_unchanged_files_are_not_read(tmp_path: Path) -> None:
+    write_library(tmp_path, 10)
+    known = _known(tmp_path, list(walk_images(tmp_path)))
+
+    def refuse(path: Path, size: int) -> str:
+        raise AssertionError(f"hashed an unchanged file: {path}")
+
+    diff = diff_library(tmp_path, walk_images(tmp_path), known, hasher=refuse)
+    assert len(diff.unchanged) == 10 and not diff.new and not diff.changed
+
+
+def test_scan_content_hash_sees_head_and_tail(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    data = bytearray(os.urandom(300_000))
+    path.write_bytes(bytes(data))
+    before = content_hash(path)
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    assert content_hash(path) != before
+
+
+def test_scan_rescan_of_many_unchanged_files_is_fast(tmp_path: Path) -> None:
+    # 5,000 empty files stand in for the 100,000-file benchmark (benchmarks/bench_index.py).
+    for folder in range(10):
+        (tmp_path / f"f{folder}").mkdir()
+        for index in range(500):
+            (tmp_path / f"f{folder}" / f"{index}.jpg").touch()
+    known = _known(tmp_path, list(walk_images(tmp_path)))
+    start = time.perf_counter()
+    diff = diff_library(tmp_path, walk_images(tmp_path), known)
+    assert len(diff.unchanged) == 5_000
+    assert time.perf_counter() - start < 2.0
