@@ -1,18 +1,19 @@
 """Scan a photo folder and compare it with what the catalog already knows.
 
-The walk uses `os.scandir`, whose `DirEntry` carries the stat result on most platforms, so a re-scan
-of an unchanged library costs one `stat` per file and no reads. Content is hashed only for files the
-catalog has not seen at that path (new or changed), which is what rename detection needs.
+The walk uses `os.scandir`, so a re-scan of an unchanged library costs one `stat` per file and no
+reads. Content is hashed (the catalog's head-and-tail hash) only for files the catalog has not seen
+at that path (new or changed): that is all rename detection needs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from storage.hashing import content_hash
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
         ".avif",
     }
 )
-
-# Head and tail of a file identify it well enough to follow a rename; reading the whole file would
-# make hashing cost as much as decoding.
-_HASH_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -138,26 +135,11 @@ def _list_folder(folder: str, prefix: str) -> tuple[list[tuple[str, str]], list[
     return subfolders, files
 
 
-def content_hash(path: Path, size: int | None = None) -> str:
-    """A fast fingerprint of a file: its size plus BLAKE2b of its first and last 64 KiB."""
-    size = os.path.getsize(path) if size is None else size
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(size.to_bytes(8, "little"))
-    with open(path, "rb") as handle:
-        digest.update(handle.read(_HASH_CHUNK_BYTES))
-        if size > 2 * _HASH_CHUNK_BYTES:
-            handle.seek(size - _HASH_CHUNK_BYTES)
-            digest.update(handle.read(_HASH_CHUNK_BYTES))
-        elif size > _HASH_CHUNK_BYTES:
-            digest.update(handle.read())
-    return digest.hexdigest()
-
-
 def diff_library(
     root: Path,
     found: Iterable[FoundFile],
     known: Iterable[KnownFile],
-    hasher: Callable[[Path, int], str] = content_hash,
+    hasher: Callable[[Path], str] = content_hash,
 ) -> ScanDiff:
     """Sort found files into new, changed, unchanged and moved; catalog rows left over are deleted.
 
@@ -197,11 +179,11 @@ def diff_library(
 
 
 def _remember_hash(
-    diff: ScanDiff, root: Path, file: FoundFile, hasher: Callable[[Path, int], str]
+    diff: ScanDiff, root: Path, file: FoundFile, hasher: Callable[[Path], str]
 ) -> str | None:
     """Hash a file for the catalog; an unreadable file gets no hash (decode will record why)."""
     try:
-        digest = hasher(Path(root) / file.relative_path, file.size)
+        digest = hasher(Path(root) / file.relative_path)
     except OSError as error:
         logger.debug("cannot hash %s: %s", file.relative_path, error)
         return None

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from test_indexer_support import (
+
+from indexer.decode import DecodeConfig, decode_all, decode_image, decode_or_error
+from tests.test_indexer_support import (
     BLUE,
     RED,
     make_bad_corpus,
@@ -17,8 +19,6 @@ from test_indexer_support import (
     rotated_jpeg_bytes,
     write_library,
 )
-
-from indexer.decode import DecodeConfig, decode_all, decode_image, decode_or_error
 
 CONFIG = DecodeConfig(image_size=32, workers=2)
 
