@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.hashing import content_hash
+from storage.records import KnownFile
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +45,6 @@ class FoundFile:
 
 
 @dataclass(frozen=True)
-class KnownFile:
-    """What the catalog remembers about one file; the pipeline builds these from catalog rows."""
-
-    image_id: int
-    relative_path: str
-    size: int
-    mtime_ns: int
-    content_hash: str | None
-
-
-@dataclass(frozen=True)
 class MovedFile:
     """A catalog row whose file vanished and reappeared, same content, at a new path."""
 
@@ -68,10 +58,10 @@ class ScanDiff:
     """How the folder differs from the catalog. Every found file lands in exactly one list."""
 
     new: list[FoundFile] = field(default_factory=list)
-    changed: list[tuple[KnownFile, FoundFile]] = field(default_factory=list)
-    unchanged: list[KnownFile] = field(default_factory=list)
+    changed: list[FoundFile] = field(default_factory=list)  # same path, other size or mtime
+    unchanged: list[FoundFile] = field(default_factory=list)
     moved: list[MovedFile] = field(default_factory=list)
-    deleted: list[KnownFile] = field(default_factory=list)
+    deleted: dict[str, KnownFile] = field(default_factory=dict)  # relative path -> catalog row
     # relative path -> content hash, for new, changed and moved files
     hashes: dict[str, str] = field(default_factory=dict)
 
@@ -138,43 +128,43 @@ def _list_folder(folder: str, prefix: str) -> tuple[list[tuple[str, str]], list[
 def diff_library(
     root: Path,
     found: Iterable[FoundFile],
-    known: Iterable[KnownFile],
+    known: Mapping[str, KnownFile],
     hasher: Callable[[Path], str] = content_hash,
 ) -> ScanDiff:
     """Sort found files into new, changed, unchanged and moved; catalog rows left over are deleted.
 
-    A file found at a path the catalog does not know is a move when its content hash equals that of
-    a catalog row whose own file has vanished; otherwise it is new. Each vanished row matches once.
+    `known` maps relative paths to catalog rows (`Catalog.known_files`). A file found at a path
+    the catalog does not know is a move when its content hash equals that of a catalog row whose
+    own file has vanished; otherwise it is new. Each vanished row matches once.
     """
     diff = ScanDiff()
-    known_by_path = {row.relative_path: row for row in known}
-    unseen = dict(known_by_path)
+    unseen = dict(known)
     arrivals: list[FoundFile] = []
     for file in found:
-        row = known_by_path.get(file.relative_path)
+        row = known.get(file.relative_path)
         if row is None:
             arrivals.append(file)
             continue
         del unseen[file.relative_path]
         if row.size == file.size and row.mtime_ns == file.mtime_ns:
-            diff.unchanged.append(row)
+            diff.unchanged.append(file)
         else:
-            diff.changed.append((row, file))
+            diff.changed.append(file)
             _remember_hash(diff, root, file, hasher)
-    vanished_by_hash: dict[str, list[KnownFile]] = {}
-    for row in unseen.values():
+    vanished_by_hash: dict[str, list[str]] = {}
+    for path, row in sorted(unseen.items()):
         if row.content_hash:
-            vanished_by_hash.setdefault(row.content_hash, []).append(row)
+            vanished_by_hash.setdefault(row.content_hash, []).append(path)
     for file in arrivals:
         digest = _remember_hash(diff, root, file, hasher)
         candidates = vanished_by_hash.get(digest or "")
         if candidates:
-            row = candidates.pop(0)
-            del unseen[row.relative_path]
-            diff.moved.append(MovedFile(row.image_id, row.relative_path, file))
+            old_path = candidates.pop(0)
+            row = unseen.pop(old_path)
+            diff.moved.append(MovedFile(row.id, old_path, file))
         else:
             diff.new.append(file)
-    diff.deleted.extend(unseen.values())
+    diff.deleted.update(unseen)
     return diff
 
 
