@@ -1,0 +1,115 @@
+"""Schema versions and the ordered steps between them, applied when a catalog is opened.
+
+A fresh database gets the current ORM tables (`create_all`) plus every step that the ORM does not
+describe (the FTS table and its triggers), then is stamped with the latest version. An existing
+database runs, in order and in one transaction, each step above its stored version.
+
+Adding a step: append a `Migration` with the next version. If it changes an ORM table, change the
+class in schema.py too and set `in_orm=True` (fresh databases then get it from `create_all`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, func, inspect, select
+
+from storage.db import Database
+from storage.schema import Base, SchemaVersion
+
+logger = logging.getLogger(__name__)
+
+
+class SchemaVersionError(RuntimeError):
+    """The catalog was written by a newer coca-search than this one."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    upgrade: Callable[[Connection], None]
+    in_orm: bool  # True: create_all already produces this step's result on a fresh database
+
+
+def _create_base_tables(conn: Connection) -> None:
+    Base.metadata.create_all(conn)
+
+
+# External-content FTS5 table over captions.text; rowid = captions.id. Triggers keep it in step,
+# including deletes cascaded from images (SQLite fires triggers for cascaded deletes).
+_FTS_DDL = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS captions_fts USING fts5(text, content='captions', "
+    "content_rowid='id', tokenize='porter unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS captions_fts_insert AFTER INSERT ON captions BEGIN "
+    "INSERT INTO captions_fts(rowid, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS captions_fts_delete AFTER DELETE ON captions BEGIN "
+    "INSERT INTO captions_fts(captions_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS captions_fts_update AFTER UPDATE OF text ON captions BEGIN "
+    "INSERT INTO captions_fts(captions_fts, rowid, text) VALUES ('delete', old.id, old.text); "
+    "INSERT INTO captions_fts(rowid, text) VALUES (new.id, new.text); END",
+    "INSERT INTO captions_fts(captions_fts) VALUES ('rebuild')",
+)
+
+
+def _create_caption_fts(conn: Connection) -> None:
+    if conn.dialect.name != "sqlite":
+        logger.info(
+            "caption full-text index skipped on %s: search falls back to LIKE", conn.dialect
+        )
+        return
+    for statement in _FTS_DDL:
+        conn.exec_driver_sql(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "images, models, captions, embeddings", _create_base_tables, in_orm=True),
+    Migration(2, "caption full-text index (SQLite FTS5) with triggers", _create_caption_fts, False),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def stored_version(conn: Connection) -> int:
+    """The catalog's schema version; 0 for an empty database."""
+    if not inspect(conn).has_table(SchemaVersion.__tablename__):
+        return 0
+    return conn.execute(select(func.max(SchemaVersion.version))).scalar() or 0
+
+
+def _stamp(conn: Connection, migration: Migration) -> None:
+    conn.execute(
+        SchemaVersion.__table__.insert().values(
+            version=migration.version,
+            description=migration.description,
+            applied_at=datetime.now(timezone.utc).replace(tzinfo=None),
+        )
+    )
+
+
+def apply_migrations(db: Database, target: int = LATEST_VERSION) -> int:
+    """Bring `db` to schema version `target` (tests use a lower target); returns the version."""
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            # Take the write lock before reading the version: two processes opening the same new
+            # catalog must not both run the steps.
+            conn = conn.execution_options(coca_sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            current = stored_version(conn)
+            if current > LATEST_VERSION:
+                raise SchemaVersionError(
+                    f"catalog schema version {current} is newer than this coca-search supports "
+                    f"({LATEST_VERSION}); upgrade coca-search to open it"
+                )
+            for migration in MIGRATIONS:
+                if migration.version > target or migration.version <= current:
+                    continue
+                if current == 0 and migration.in_orm and migration.version > 1:
+                    _stamp(conn, migration)  # create_all of step 1 already made it
+                    continue
+                logger.info("catalog migration %d: %s", migration.version, migration.description)
+                migration.upgrade(conn)
+                _stamp(conn, migration)
+            return max(current, min(target, LATEST_VERSION))
