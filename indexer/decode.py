@@ -3,7 +3,7 @@
 Decoding is the CPU-heavy stage of indexing, so it runs ahead of the model in worker threads
 (Pillow releases the GIL while it decodes and resizes). Each image is reduced as early as possible:
 JPEGs are decoded at a reduced DCT scale (draft mode) when the model needs far fewer pixels, and the
-model's square centre crop is cut before resizing so that odd aspect ratios never blow up memory.
+model's `resize_for_model` resamples only the centre square, so odd aspect ratios stay cheap.
 A file that fails is returned with its error message; it never stops the pool.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from coca.preprocess import Preprocess, PreprocessConfig
+
 logger = logging.getLogger(__name__)
+
+# Turns an oriented, loaded photo into the model's S x S RGB input: the model's own
+# `preprocess.resize_for_model`, so decoding matches what `model.preprocess` would do.
+Prepare = Callable[[Image.Image], Image.Image]
 
 _EXIF_IFD = 0x8769
 _TAG_ORIENTATION = 0x0112
@@ -41,8 +47,6 @@ _ORIENTATION_TRANSPOSES = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 _heif_lock = threading.Lock()
 _heif_registered = False
@@ -56,7 +60,7 @@ class DecodeError(ValueError):
 class DecodeConfig:
     """How files become model inputs."""
 
-    image_size: int = 224  # side of the model's square input; decode keeps just what the crop needs
+    image_size: int = 224  # side S of the model's square input; JPEG draft keeps >= S on each side
     max_pixels: int = 2 * Image.MAX_IMAGE_PIXELS  # larger images are refused (decompression bombs)
     workers: int = 2  # decode threads; about one per free CPU core
     prefetch_per_worker: int = 8  # files decoded ahead of the consumer, per worker, to hide stalls
@@ -99,19 +103,25 @@ def register_heif_opener() -> None:
         _heif_registered = True
 
 
-def decode_image(path: Path, config: DecodeConfig) -> DecodedImage:
+def default_prepare(image_size: int) -> Prepare:
+    """CLIP-style preparation (shorter side to S, centre crop) when no model is at hand."""
+    return Preprocess(PreprocessConfig(image_size=image_size)).resize_for_model
+
+
+def decode_image(path: Path, config: DecodeConfig, prepare: Prepare | None = None) -> DecodedImage:
     """Read one file into a (3, S, S) uint8 tensor plus its metadata; raises on any bad file."""
     register_heif_opener()
+    prepare = prepare or default_prepare(config.image_size)
     try:
         with Image.open(path) as image:
-            return _decode_open_image(image, config)
+            return _decode_open_image(image, config, prepare)
     except Image.DecompressionBombError as error:
         raise DecodeError(f"image is too large to decode safely: {error}") from error
     except Image.UnidentifiedImageError as error:
         raise DecodeError("not an image Pillow can read (wrong extension or corrupt)") from error
 
 
-def _decode_open_image(image: Image.Image, config: DecodeConfig) -> DecodedImage:
+def _decode_open_image(image: Image.Image, config: DecodeConfig, prepare: Prepare) -> DecodedImage:
     width, height = image.size
     if width * height > config.max_pixels:
         raise DecodeError(
@@ -128,10 +138,9 @@ def _decode_open_image(image: Image.Image, config: DecodeConfig) -> DecodedImage
     if config.use_draft and image_format == "JPEG":
         image.draft("RGB", _draft_request(image.size, config.image_size))
     image.load()  # truncated or corrupt data raises here
-    # The centred square crop commutes with EXIF rotations and flips, so orient the small result.
-    square = crop_and_resize(to_rgb(image), config.image_size)
-    if transpose is not None:
-        square = square.transpose(transpose)
+    # Orient before preparing: after draft the image is small, so the transpose is cheap.
+    oriented = image.transpose(transpose) if transpose is not None else image
+    square = prepare(oriented)
     pixels = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)  # (H,W,3) -> (3,S,S)
     return DecodedImage(pixels, width, height, image_format, taken_at, camera)
 
@@ -141,37 +150,6 @@ def _draft_request(size: tuple[int, int], image_size: int) -> tuple[int, int]:
     width, height = size
     scale = image_size / min(width, height)
     return (max(1, round(width * scale)), max(1, round(height * scale)))
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparency is flattened onto white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in _SIXTEEN_BIT_MODES:
-        # A plain convert would clip 16-bit values at 255 (a white image); scale them down instead.
-        return image.convert("I").point(lambda value: value / 256).convert("L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
-
-
-def crop_and_resize(image: Image.Image, image_size: int) -> Image.Image:
-    """The centred square of the shorter side, resized (bicubic) to image_size x image_size.
-
-    Same pixels as resizing the shorter side to image_size and then centre-cropping (the usual CLIP
-    preprocessing), but the crop is taken first so that a 20000x2 panorama stays cheap.
-    """
-    width, height = image.size
-    side = min(width, height)
-    left = (width - side) / 2
-    top = (height - side) / 2
-    box = (left, top, left + side, top + side)
-    return image.resize((image_size, image_size), Image.Resampling.BICUBIC, box=box)
 
 
 def read_exif_metadata(exif: Image.Exif) -> tuple[datetime | None, str | None]:
@@ -209,10 +187,12 @@ def _clean_exif_text(value: object) -> str | None:
     return text or None
 
 
-def decode_or_error(path: Path, config: DecodeConfig) -> DecodeResult:
+def decode_or_error(
+    path: Path, config: DecodeConfig, prepare: Prepare | None = None
+) -> DecodeResult:
     """The one place where a bad file's exception becomes a recorded message."""
     try:
-        return DecodeResult(path, decode_image(path, config), None)
+        return DecodeResult(path, decode_image(path, config, prepare), None)
     except MemoryError:
         return DecodeResult(path, None, "MemoryError: not enough memory to decode this image")
     except Exception as error:  # noqa: BLE001 - any failure of one file must not stop the run
@@ -220,18 +200,21 @@ def decode_or_error(path: Path, config: DecodeConfig) -> DecodeResult:
         return DecodeResult(path, None, f"{type(error).__name__}: {error}")
 
 
-def decode_all(paths: Iterable[Path], config: DecodeConfig) -> Iterator[DecodeResult]:
+def decode_all(
+    paths: Iterable[Path], config: DecodeConfig, prepare: Prepare | None = None
+) -> Iterator[DecodeResult]:
     """Decode files in parallel, yielding results in input order.
 
     At most `workers * prefetch_per_worker` files are in flight, so memory stays bounded however
     long the input is, and the consumer (the model) finds the next image already decoded.
     """
+    prepare = prepare or default_prepare(config.image_size)
     window = max(1, config.workers * config.prefetch_per_worker)
     pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="decode")
     pending: deque[Future[DecodeResult]] = deque()
     try:
         for path in paths:
-            pending.append(pool.submit(decode_or_error, Path(path), config))
+            pending.append(pool.submit(decode_or_error, Path(path), config, prepare))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
