@@ -499,3 +499,68 @@ def test_decode_runs_on_a_bare_decoder() -> None:
     tokens = image_tokens(3)
     ids = decode(CachedDecoder(lm, tokens), torch.full((3, 1), SOT), DecodingConfig(), SPECIAL)
     assert ids.shape[0] == 3 and (ids[:, 0] == SOT).all()
+
+
+# --- the real tiny model (coca_tiny, random weights) ---------------------------------------------
+
+
+class EosWhenLogitsSay:
+    """Wraps a real decoder so <end_of_text> wins at data-dependent steps: with random weights it
+    would almost never win, and rows must finish at different steps to test the cache's reorder.
+    The boost is a function of the step's own logits, so it keeps cached == uncached."""
+
+    def __init__(self, decoder: object, eos: int) -> None:
+        self.decoder, self.eos = decoder, eos
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = self.decoder.step(tokens).clone()  # (B, V)
+        signal = logits[:, 100] - logits[:, 200] - 1.8
+        logits[:, self.eos] = logits.max(dim=-1).values + 4.0 * signal
+        return logits
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.decoder.reorder(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> object:
+    from coca.config import get_config
+    from coca.model import CoCa
+
+    torch.manual_seed(0)
+    return CoCa(get_config("coca_tiny")).eval()
+
+
+@pytest.mark.parametrize("generation_type", ["greedy", "beam_search"])
+def test_tiny_model_cached_decoder_matches_full_prefix(tiny_model, generation_type: str) -> None:
+    cfg = tiny_model.config
+    special = SpecialTokens(sot=cfg.sot_token_id, eos=cfg.eot_token_id, pad=cfg.pad_token_id)
+    pixels = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tokens = tiny_model.encode_image_with_tokens(pixels).tokens
+    config = DecodingConfig(
+        generation_type=generation_type, seq_len=16, num_beams=4, num_beam_groups=2, min_seq_len=2
+    )
+    prompt = torch.full((6, 1), special.sot)
+    cached = tiny_model.incremental_decoder(tokens, max_len=config.seq_len)
+    uncached = tiny_model.full_prefix_decoder(tokens)
+    with torch.no_grad():
+        fast = decode(EosWhenLogitsSay(cached, special.eos), prompt, config, special)
+        slow = decode(EosWhenLogitsSay(uncached, special.eos), prompt, config, special)
+    assert torch.equal(fast, slow)
+    lengths = [row.index(special.eos) + 1 if special.eos in row else 16 for row in fast.tolist()]
+    assert len(set(lengths)) >= 3, "rows should finish at different steps"
+
+
+def test_tiny_model_generate_runs_end_to_end(tiny_model) -> None:
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ids = tiny_model.generate(pixels, seq_len=8, num_beams=2, num_beam_groups=1)
+    tokens = tiny_model.encode_image_with_tokens(pixels).tokens
+    cfg = tiny_model.config
+    special = SpecialTokens(sot=cfg.sot_token_id, eos=cfg.eot_token_id, pad=cfg.pad_token_id)
+    config = DecodingConfig(seq_len=8, num_beams=2, num_beam_groups=1)
+    with torch.no_grad():
+        slow = decode(
+            tiny_model.full_prefix_decoder(tokens), torch.full((3, 1), special.sot), config, special
+        )
+    assert torch.equal(ids, slow)
+    assert ids.shape == (3, 8) and (ids[:, 0] == special.sot).all()
