@@ -15,6 +15,7 @@ from coca.world import (
     scenes,
     vocabulary,
 )
+from coca.world.language import MAX_CAPTION_TOKENS
 from coca.world.parse import tokenize
 
 
@@ -39,6 +40,16 @@ def test_captions_use_only_vocabulary_words() -> None:
             seen.update(tokenize(caption))
     assert seen <= words
     assert len(seen) > 0.9 * len(words)  # the grammar actually uses its vocabulary
+
+
+def test_captions_fit_the_token_budget() -> None:
+    rng = np.random.default_rng(3)
+    longest = max(
+        len(tokenize(caption))
+        for scene in scenes(split_seed=25, count=1500)
+        for caption in captions_for(scene, rng, 3)
+    )
+    assert 15 < longest <= MAX_CAPTION_TOKENS
 
 
 def test_captions_for_gives_distinct_captions() -> None:

@@ -42,6 +42,7 @@ PREFIXES: tuple[str, ...] = ("a photo of", "a picture of", "an image of", "a pho
 EXISTENTIALS: tuple[str, ...] = ("there is", "there are")
 CONJUNCTION = "and"
 COMMA = ","
+MAX_CAPTION_TOKENS = 28  # words and commas; the grammar's longest caption has 23 (tested)
 
 assert set(SIZE_PHRASES) == set(SIZES) and set(RELATION_PHRASES) == set(RELATIONS)
 assert set(BACKGROUND_PHRASES) == set(BACKGROUNDS) == set(SCENE_OPENINGS)

@@ -89,6 +89,8 @@ def _save(image: Image.Image, path: Path, taken_at: datetime, rng: np.random.Gen
     options: dict = {"exif": _exif(taken_at)}
     if pil_format in ("JPEG", "WEBP"):
         options["quality"] = int(rng.integers(80, 96))
+    if pil_format == "PNG":
+        options["compress_level"] = 1  # grain barely compresses; level 6 is 4x slower for 15%
     image.save(path, format=pil_format, **options)
 
 

@@ -203,8 +203,8 @@ def render_scene(scene: Scene, width: int, height: int, seed: int | None = None)
         raise ValueError(f"render size {width}x{height} is too small; use at least 8x8 pixels")
     rng = np.random.default_rng(scene.seed if seed is None else seed)
     unit = min(height, 0.75 * width)  # object radii are fractions of this length
-    blur_px = unit / _REFERENCE_HEIGHT * rng.uniform(0.5, 1.6)
-    levels = int(min(3, max(0, round(math.log2(max(blur_px, 1.0)) + rng.uniform(0, 0.9)))))
+    blur_px = unit / _REFERENCE_HEIGHT * rng.uniform(0.4, 1.2)  # a slight, size-relative blur
+    levels = int(min(3, max(0, round(math.log2(max(blur_px, 1.0)) + rng.uniform(-0.3, 0.5)))))
     pad = (1 << levels) - 1  # the box blur eats `pad` pixels, so draw on a larger canvas
     canvas = _background(scene, width + pad, height + pad, rng)
     draw = ImageDraw.Draw(canvas, "RGBA")
