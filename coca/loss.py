@@ -1,0 +1,63 @@
+"""The CoCa training objective: contrastive (image <-> text) plus captioning cross-entropy.
+
+Legend: B batch, T caption positions, V vocabulary, E embed_dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coca.model import CocaOutput
+
+
+@dataclass(frozen=True)
+class CocaLossOutput:
+    total: torch.Tensor  # weighted sum, what to backpropagate
+    contrastive: torch.Tensor  # already multiplied by its weight (as open_clip reports it)
+    caption: torch.Tensor  # already multiplied by its weight
+
+
+class CocaLoss(nn.Module):
+    """open_clip's CoCaLoss on a single device: `contrastive_weight` x symmetric cross-entropy of
+    logit_scale * img @ txt^T (+ logit_bias when the model has one) plus `caption_weight` x token
+    cross-entropy that ignores padding. Defaults are open_clip's training defaults (1.0, 2.0)."""
+
+    def __init__(
+        self, contrastive_weight: float = 1.0, caption_weight: float = 2.0, pad_id: int = 0
+    ) -> None:
+        super().__init__()
+        self.contrastive_weight = contrastive_weight
+        self.caption_weight = caption_weight
+        self.pad_id = pad_id
+
+    def contrastive(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean of image->text and text->image cross-entropy; the matching pair is the diagonal."""
+        logits = logit_scale * image_features @ text_features.T  # (B, B)
+        if logit_bias is not None:
+            logits = logits + logit_bias
+        targets = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+    def caption(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """logits (B, T, V), labels (B, T); pad labels do not count."""
+        return F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=self.pad_id)
+
+    def forward(self, output: CocaOutput) -> CocaLossOutput:
+        if self.contrastive_weight:
+            contrastive = self.contrastive_weight * self.contrastive(
+                output.image_features, output.text_features, output.logit_scale, output.logit_bias
+            )
+        else:
+            contrastive = output.logits.new_zeros(())
+        caption = self.caption_weight * self.caption(output.logits, output.labels)
+        return CocaLossOutput(total=contrastive + caption, contrastive=contrastive, caption=caption)
