@@ -1,10 +1,13 @@
 """The renderer: determinism, any output size, recognisable colors."""
 
+import math
+
 import numpy as np
 import pytest
 
 from coca.world import COLORS, PALETTE, Lighting, Scene, SceneObject, render_scene, scene_for_seed
-from coca.world.scene import BACKGROUNDS, FORBIDDEN_COLORS
+from coca.world.scene import BACKGROUNDS, FORBIDDEN_COLORS, ROTATION_JITTER
+from coca.world.shapes import SHAPES
 
 
 def test_render_is_deterministic() -> None:
@@ -28,6 +31,19 @@ def test_render_any_size(size: tuple[int, int]) -> None:
     assert image.size == size and image.mode == "RGB"
     pixels = np.asarray(image)
     assert pixels.std() > 5  # not a flat color
+
+
+def test_shapes_stay_within_their_radius() -> None:
+    """Layout margins assume an object's box is its radius; allow 10% for rotated corners."""
+    for (kind, style), parts in SHAPES.items():
+        turn = ROTATION_JITTER.get(kind, 8.0)
+        for degrees in (-turn, -turn / 2, 0, turn / 2, turn):
+            cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+            for part in parts:
+                for x, y in part.points:
+                    rx, ry = x * cos - y * sin, x * sin + y * cos
+                    reach = max(abs(rx), abs(ry)) + part.radius
+                    assert reach <= 1.1, (kind, style, degrees, part.role, reach)
 
 
 def test_render_rejects_tiny_sizes() -> None:

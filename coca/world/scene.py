@@ -48,6 +48,8 @@ DUPLICATE_PROBABILITY = (
     0.4  # a later object copies an earlier one's kind and color ("two red cars")
 )
 MAX_LAYOUT_TRIES = 60
+# Degrees of drawing rotation: shapes may tilt a lot, things that stand on the ground only a little.
+ROTATION_JITTER: dict[str, float] = {"square": 20.0, "triangle": 20.0, "star": 20.0}
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def _sample_object(
     kind, color = _sample_identity(rng, background, placed)
     size = SIZES[int(rng.integers(len(SIZES)))]
     x, y = _sample_position(rng, size)
-    max_turn = 20.0 if kind in ("square", "triangle", "star") else 8.0
+    max_turn = ROTATION_JITTER.get(kind, 8.0)
     return SceneObject(
         kind=kind,
         color=color,

@@ -40,7 +40,7 @@ def _star_points(outer: float, inner: float) -> tuple[Point, ...]:
 
 _CIRCLE = (Part("main", ((0.0, 0.0),), 0.9), Part("highlight", ((-0.35, -0.35),), 0.22))
 _SQUARE = (_box(-0.78, -0.78, 0.78, 0.78, "main"),)
-_TRIANGLE = (Part("main", ((0.0, -0.95), (0.97, 0.72), (-0.97, 0.72))),)
+_TRIANGLE = (Part("main", ((0.0, -1.0), (0.93, 0.62), (-0.93, 0.62))),)
 _STAR = (Part("main", _star_points(1.0, 0.42)),)
 _HOUSE = (
     _box(-0.72, -0.12, 0.72, 0.85, "main"),
