@@ -121,7 +121,7 @@ class Tokenizer:
         """Load a `tokenizers` tokenizer.json (optionally gzipped), e.g. from a model bundle.
 
         `context_length` and `pad_token` default to what `save` stored in the file's padding
-        settings; without them, context 76 and pad id 0.
+        settings; without them, context 76 and the id of "<pad>" (0 if there is no such token).
         """
         path = Path(path)
         if not path.is_file():
@@ -138,7 +138,8 @@ class Tokenizer:
         if pad_token is not None:
             pad_id = _require_id(backend, pad_token)
         else:
-            pad_id = saved.get("pad_id", 0)
+            fallback = backend.token_to_id(PAD_TOKEN)
+            pad_id = saved.get("pad_id", 0 if fallback is None else fallback)
         return cls(
             backend,
             context_length=context_length,

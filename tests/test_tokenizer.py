@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,12 @@ def test_tokenizer_from_file_errors(tmp_path: Path) -> None:
     Tokenizer.build_word_level(["a"], context_length=4).save(good)
     with pytest.raises(ValueError, match="not in this tokenizer's vocabulary"):
         Tokenizer.from_file(good, sot_token="<bos>")
+
+
+def test_tokenizer_pickles_for_worker_processes(clip_tokenizer: Tokenizer) -> None:
+    restored = pickle.loads(pickle.dumps(clip_tokenizer))
+    texts = ["a dog", "x's<end_of_text>"]
+    assert torch.equal(restored(texts), clip_tokenizer(texts))
 
 
 def test_tokenizer_rejects_tiny_context() -> None:
