@@ -1,0 +1,263 @@
+"""Model-side subcommands: `caption`, `train` and `eval`.
+
+Flags are parsed here and turned into the frozen configs of `coca.train` / `coca.evaluate`; the
+work happens in the `coca` package. Expected failures (a missing image, a bad checkpoint, unusable
+training data) print one line to stderr and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+DECODINGS = ("greedy", "beam_search")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise _fail("--device cuda was asked for but no CUDA GPU is available; use --device cpu", 2)
+    if name != "cpu" and not name.startswith("cuda"):
+        raise _fail(f"unknown --device {name!r}: use auto, cpu or cuda", 2)
+    return name
+
+
+def _load_model(source: str, device: str) -> Any:
+    """coca.load with its failures turned into one-line errors (exit code 2)."""
+    import coca
+
+    try:
+        return coca.load(source, device=device)
+    except coca.CheckpointError as exc:
+        raise _fail(f"cannot load model {source!r}: {exc}", 2) from exc
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _fail(f"cannot load model {source!r}: {exc}", 2) from exc
+
+
+def _decoding(name: str) -> Any:
+    from coca.generate import DecodingConfig
+
+    if name not in DECODINGS:
+        raise _fail(f"unknown --decoding {name!r}: use {' or '.join(DECODINGS)}", 2)
+    return DecodingConfig(generation_type=name)
+
+
+def _open_images(paths: list[Path]) -> tuple[list[tuple[Path, Any]], list[tuple[Path, str]]]:
+    """Decoded RGB images, and (path, reason) for those that could not be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    good, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                good.append((path, image.convert("RGB")))
+        except FileNotFoundError:
+            bad.append((path, "no such file"))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            bad.append((path, f"not a readable image ({exc})"))
+    return good, bad
+
+
+def caption_command(
+    images: list[Path] = typer.Argument(..., help="Image files to caption."),
+    model: str = typer.Option("default", "--model", help="Model: default, a folder or a hub id."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    decoding: str = typer.Option("beam_search", "--decoding", help="greedy or beam_search."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of text."),
+) -> None:
+    """Caption images with a CoCa model."""
+    config = _decoding(decoding)
+    loaded, failed = _open_images(images)
+    for path, reason in failed:
+        typer.echo(f"error: {path}: {reason}", err=True)
+    if not loaded:
+        raise typer.Exit(1)
+    net = _load_model(model, _device(device))
+    for start in range(0, len(loaded), batch_size):
+        chunk = loaded[start : start + batch_size]
+        texts = net.caption([image for _, image in chunk], **dataclasses.asdict(config))
+        for (path, _), text in zip(chunk, texts, strict=True):
+            if as_json:
+                typer.echo(json.dumps({"file": str(path), "caption": text}))
+            else:
+                typer.echo(f"{path}\t{text}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _render_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise _fail(f"--render-size must look like 160x120, got {text!r}", 2) from None
+    return width, height
+
+
+def _data_config(
+    data: str, captions: Path | None, images: Path | None, pool_size: int, render_size: str,
+    captions_per_image: int, split_seed: int, workers: int,
+) -> Any:  # fmt: skip
+    from coca.data import FolderDataConfig, GeneratedDataConfig
+
+    if data == "folder":
+        if captions is None:
+            raise _fail("--data folder needs --captions FILE (CSV file,caption or JSON lines)", 2)
+        return FolderDataConfig(captions_file=captions, image_root=images, workers=workers)
+    if data != "generated":
+        raise _fail(f"unknown --data {data!r}: use generated or folder", 2)
+    width, height = _render_size(render_size)
+    return GeneratedDataConfig(
+        pool_size=pool_size,
+        width=width,
+        height=height,
+        captions_per_image=captions_per_image,
+        split_seed=split_seed,
+        workers=workers,
+    )
+
+
+def _progress_bar(total: int, start: int) -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def update(report: Any) -> None:
+        bar.update(report.step - bar.n)
+        if report.loss is not None:
+            bar.set_postfix(loss=f"{report.loss:.3f}", lr=f"{report.lr:.2e}",
+                            img_s=f"{report.images_per_s:.0f}")  # fmt: skip
+
+    return bar, update
+
+
+def train_command(
+    output: Path = typer.Argument(..., help="Folder to write the model bundle to."),
+    model: str = typer.Option(
+        "coca_default_small", "--model", help="Preset to train from scratch."
+    ),
+    init: str | None = typer.Option(None, "--init", help="Fine-tune this model (folder, hub id)."),
+    data: str = typer.Option("generated", "--data", help="generated or folder."),
+    captions: Path | None = typer.Option(None, "--captions", help="CSV/JSONL captions (folder)."),
+    images: Path | None = typer.Option(None, "--images", help="Image root for --captions rows."),
+    pool_size: int = typer.Option(100_000, "--pool-size", min=1, help="Generated scenes."),
+    render_size: str = typer.Option("160x120", "--render-size", help="Generated image size WxH."),
+    captions_per_image: int = typer.Option(4, "--captions-per-image", min=1),
+    split_seed: int = typer.Option(0, "--split-seed", help="Generated scenes' split seed."),
+    steps: int = typer.Option(1000, "--steps", min=1),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    warmup_steps: int = typer.Option(200, "--warmup-steps", min=0),
+    min_lr_ratio: float = typer.Option(0.01, "--min-lr-ratio"),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Max gradient norm; 0 = off."),
+    contrastive_weight: float = typer.Option(1.0, "--contrastive-weight"),
+    caption_weight: float = typer.Option(2.0, "--caption-weight"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on GPU), bf16, fp32."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=1),
+    log_every: int = typer.Option(10, "--log-every", min=1),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in <output>.run."),
+    stop_after: int | None = typer.Option(None, "--stop-after", help="End this session here."),
+    time_budget: float | None = typer.Option(None, "--time-budget", help="Seconds of steps."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the forward."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Render/decode processes; 0 = all."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Default: <output>.run"),
+) -> None:
+    """Train a CoCa model on generated scenes or a folder of captioned images."""
+    from coca.data import DataError
+    from coca.train import OptimConfig, TrainConfig, train
+    from coca.train_state import ResumeError
+
+    data_config = _data_config(
+        data, captions, images, pool_size, render_size, captions_per_image, split_seed, workers
+    )
+    try:
+        optim = OptimConfig(
+            lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
+            grad_clip=grad_clip, contrastive_weight=contrastive_weight,
+            caption_weight=caption_weight,
+        )  # fmt: skip
+        config = TrainConfig(
+            output=output, model=model, init=init, data=data_config, steps=steps,
+            batch_size=batch_size, optim=optim, seed=seed, device=device, precision=precision,
+            checkpoint_every=checkpoint_every, log_every=log_every, resume=resume,
+            stop_after=stop_after, time_budget_s=time_budget, compile=compile_model,
+            run_dir=run_dir,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    import coca
+
+    bar, update = _progress_bar(steps, 0)
+    try:
+        result = train(config, on_step=update)
+    except (DataError, ResumeError, coca.CheckpointError, ValueError) as exc:
+        raise _fail(str(exc), 2) from exc
+    finally:
+        bar.close()
+    if result.finished:
+        typer.echo(f"trained {result.steps_done} steps in {result.train_seconds:.0f} s; "
+                   f"model bundle: {result.bundle}")  # fmt: skip
+    else:
+        typer.echo(f"stopped after step {result.steps_done} of {steps}; continue with --resume "
+                   f"(checkpoint in {result.run_dir})")  # fmt: skip
+
+
+def eval_command(
+    model: str = typer.Option("default", "--model", help="Model: default, a folder or a hub id."),
+    count: int = typer.Option(2000, "--count", min=10, help="Held-out images."),
+    seed: int | None = typer.Option(None, "--seed", help="Held-out split seed (default: world's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    decoding: str = typer.Option("greedy", "--decoding", help="greedy or beam_search."),
+    render_size: str = typer.Option("640x480", "--render-size", help="Held-out image size WxH."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    workers: int = typer.Option(0, "--workers", min=0, help="Render processes; 0 = all cores."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Score a model on held-out generated scenes (retrieval P@10, R@1, caption F1, BLEU, CIDEr)."""
+    from coca.evaluate import EvalConfig, evaluate, format_report
+    from coca.world.queries import HELDOUT_SEED, TRAIN_SEED
+
+    split = HELDOUT_SEED if seed is None else seed
+    if split == TRAIN_SEED:
+        raise _fail(f"--seed {split} is the training split; evaluate on a held-out seed", 2)
+    width, height = _render_size(render_size)
+    config = EvalConfig(
+        count=count, seed=split, width=width, height=height, batch_size=batch_size,
+        decoding=_decoding(decoding), workers=workers,
+    )  # fmt: skip
+    net = _load_model(model, _device(device))
+    report = evaluate(net, config)
+    if as_json:
+        record = report.to_dict()
+        record["model"] = model
+        record["targets_met"] = report.targets_met()
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        typer.echo(f"model: {model}")
+        typer.echo(format_report(report))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the model subcommands to the `coca-search` app."""
+    app.command("caption")(caption_command)
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)
