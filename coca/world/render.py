@@ -8,6 +8,7 @@ randomness comes from the scene's seed, so the same scene and size give identica
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -17,6 +18,10 @@ from coca.world.scene import Scene, SceneObject
 from coca.world.shapes import Part, parts_for
 
 RGB = tuple[int, int, int]
+Color = tuple[int, ...]  # RGB or RGBA (alpha-blended by ImageDraw in "RGBA" mode)
+Points = list[tuple[float, float]]
+Draw = ImageDraw.ImageDraw
+Generator = np.random.Generator
 
 PALETTE: dict[str, RGB] = {
     "red": (205, 35, 35),
@@ -31,7 +36,7 @@ PALETTE: dict[str, RGB] = {
 MATERIALS: dict[str, RGB] = {"dark": (38, 38, 44), "wood": (104, 72, 44), "glass": (200, 224, 240)}
 
 # (sky top, sky bottom, ground top, ground bottom, sky texture, ground texture); None: no ground.
-_BACKDROPS: dict[str, tuple] = {
+_BACKDROPS: dict[str, tuple[RGB, RGB, RGB | None, RGB | None, str, str]] = {
     "sky": ((60, 120, 205), (165, 205, 240), None, None, "smooth", "flat"),
     "grass": ((95, 150, 215), (190, 215, 235), (120, 170, 75), (50, 125, 40), "smooth", "streaks"),
     "beach": ((95, 150, 215), (195, 218, 238), (232, 212, 162), (208, 184, 134), "smooth", "sand"),
@@ -97,7 +102,7 @@ def _background(scene: Scene, width: int, height: int, rng: np.random.Generator)
     return Image.merge("RGB", channels)
 
 
-def _draw_clouds(draw: ImageDraw.ImageDraw, scene: Scene, size: tuple[int, int], rng) -> None:
+def _draw_clouds(draw: Draw, scene: Scene, size: tuple[int, int], rng: Generator) -> None:
     width, height = size
     sky_bottom = 0.85 if scene.background == "sky" else scene.horizon
     for _ in range(int(rng.integers(0, 4))):
@@ -111,7 +116,7 @@ def _draw_clouds(draw: ImageDraw.ImageDraw, scene: Scene, size: tuple[int, int],
             draw.ellipse(box, fill=(255, 255, 255, alpha))
 
 
-def _draw_details(draw: ImageDraw.ImageDraw, scene: Scene, size: tuple[int, int], rng) -> None:
+def _draw_details(draw: Draw, scene: Scene, size: tuple[int, int], rng: Generator) -> None:
     """Clouds, hills, waves, stars and snowflakes: clutter that is not an object."""
     width, height = size
     kind = scene.background
@@ -138,7 +143,7 @@ def _draw_details(draw: ImageDraw.ImageDraw, scene: Scene, size: tuple[int, int]
         draw.point([(float(x), float(y)) for x, y in zip(xs, ys, strict=True)], fill=color)
 
 
-def _object_colors(obj: SceneObject, scene: Scene, rng: np.random.Generator) -> dict[str, tuple]:
+def _object_colors(obj: SceneObject, scene: Scene, rng: Generator) -> dict[str, Color]:
     light = scene.lighting
     base = np.asarray(PALETTE[obj.color], np.float32) * rng.normal(1.0, 0.035, 3)
     exposure = 0.92 if scene.background == "night" else 0.93 + 0.07 * light.brightness
@@ -157,7 +162,7 @@ def _object_colors(obj: SceneObject, scene: Scene, rng: np.random.Generator) -> 
 
 def _place(
     part: Part, obj: SceneObject, center: tuple[float, float], radius: float, light_left: bool
-):
+) -> Points:
     """Local part coordinates -> pixel coordinates (mirror, rotate, scale, translate)."""
     angle = math.radians(obj.rotation)
     cos, sin = math.cos(angle) * radius, math.sin(angle) * radius
@@ -168,7 +173,15 @@ def _place(
     return [(cx + flip * x * cos - y * sin, cy + flip * x * sin + y * cos) for x, y in part.points]
 
 
-def _draw_part(draw, points, part: Part, radius: float, fill, outline, width: int) -> None:
+def _draw_part(
+    draw: Draw,
+    points: Points,
+    part: Part,
+    radius: float,
+    fill: Color,
+    outline: Color | None,
+    width: int,
+) -> None:
     if part.is_disc:
         (x, y), r = points[0], part.radius * radius
         draw.ellipse((x - r, y - r, x + r, y + r), fill=fill, outline=outline, width=width)
@@ -176,11 +189,20 @@ def _draw_part(draw, points, part: Part, radius: float, fill, outline, width: in
         draw.polygon(points, fill=fill, outline=outline, width=width)
 
 
-def _draw_object(draw, obj: SceneObject, scene: Scene, frame: tuple, rng) -> None:
-    """Drop shadow, then each part with an outline; `frame` is (offset, width, height, unit)."""
-    offset, width, height, unit = frame
-    radius = obj.radius * unit
-    center = (offset + obj.x * width, offset + obj.y * height)
+@dataclass(frozen=True)
+class _Frame:
+    """Where normalized scene coordinates land on the (padded) canvas."""
+
+    offset: float  # canvas pixels before the visible image starts (the blur's padding / 2)
+    width: int
+    height: int
+    unit: float  # pixels per unit of object radius: min(H, 0.75 W)
+
+
+def _draw_object(draw: Draw, obj: SceneObject, scene: Scene, frame: _Frame, rng: Generator) -> None:
+    """Drop shadow, then each part with an outline."""
+    radius = obj.radius * frame.unit
+    center = (frame.offset + obj.x * frame.width, frame.offset + obj.y * frame.height)
     colors = _object_colors(obj, scene, rng)
     light_left = scene.lighting.from_left
     parts = parts_for(obj.kind, obj.style)
@@ -209,7 +231,7 @@ def render_scene(scene: Scene, width: int, height: int, seed: int | None = None)
     canvas = _background(scene, width + pad, height + pad, rng)
     draw = ImageDraw.Draw(canvas, "RGBA")
     _draw_details(draw, scene, (width + pad, height + pad), rng)
-    frame = (pad / 2, width, height, unit)
+    frame = _Frame(pad / 2, width, height, unit)
     for obj in sorted(scene.objects, key=lambda o: o.y):
         _draw_object(draw, obj, scene, frame, rng)
     grain = textures.grain_tiles()[int(rng.integers(len(textures.GRAIN_SIGMAS)))]
