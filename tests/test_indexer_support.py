@@ -163,3 +163,28 @@ def _write_heif(add, root: Path) -> None:  # noqa: ANN001 - the local closure of
         add("modern.avif", True)
     except (ValueError, OSError, KeyError):
         pass  # Pillow built without AVIF
+
+
+def save_tiny_bundle(folder: Path, seed: int = 0) -> Path:
+    """A random-weight coca_tiny model saved as a bundle (the indexer tests' model)."""
+    import torch
+
+    import coca
+    from coca.config import get_config
+    from coca.model import CoCa
+    from coca.preprocess import Preprocess, PreprocessConfig
+    from coca.tokenizer import Tokenizer
+
+    config = get_config("coca_tiny")
+    torch.manual_seed(seed)
+    model = CoCa(config).eval()
+    model.tokenizer = Tokenizer.clip(context_length=config.text.context_length)
+    model.preprocess = Preprocess(PreprocessConfig(image_size=config.vision.image_size))
+    return coca.save_bundle(model, folder)
+
+
+def fast_decoding():  # noqa: ANN201 - coca.generate.DecodingConfig
+    """Short greedy captions: every code path of captioning at a fraction of the cost."""
+    from coca.generate import DecodingConfig
+
+    return DecodingConfig(generation_type="greedy", seq_len=8, min_seq_len=2)

@@ -1,0 +1,131 @@
+"""Run the model over batches of images: one vision pass feeds both the embedding and the caption.
+
+The image tower is the expensive half of CoCa, so each batch is encoded once with
+`encode_image_with_tokens` and the caption decoder reads the tokens of that same pass. On a GPU the
+uint8 batch is staged in pinned memory and copied asynchronously, and the towers run under bf16 (or
+fp16) autocast; on a CPU everything stays in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from coca.generate import DecodingConfig, caption_texts
+
+logger = logging.getLogger(__name__)
+
+
+def default_decoding() -> DecodingConfig:
+    """Greedy captions of at most 20 tokens: fast, and what the catalog stores by default."""
+    return DecodingConfig(generation_type="greedy", seq_len=20)
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """How batches go through the model."""
+
+    batch_size: int = 32  # images per vision pass; larger is faster on a GPU until memory runs out
+    captions: bool = True  # False: embeddings only (`--no-captions`)
+    decoding: DecodingConfig = field(default_factory=default_decoding)
+    autocast: bool = True  # bf16 (or fp16 where bf16 is unsupported) autocast on CUDA devices
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """The model's output for one batch, on the CPU, in input order."""
+
+    embeddings: np.ndarray  # float32 (B, E), L2-normalised
+    captions: list[str] | None  # None when captions are off
+    gpu_seconds: float  # time spent in the model for this batch (synchronised)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the catalog records about a model, so embeddings from different models never mix."""
+
+    source: str  # as given to coca.load ("default", a folder, a hub id)
+    config_hash: str  # config + a sample of the weights: a retrained model is a different model
+    embed_dim: int
+
+
+# Values sampled from the start of every weight tensor for the identity hash: enough to tell two
+# trainings apart, cheap for a 600M-parameter model.
+_WEIGHT_SAMPLE = 64
+
+
+def model_identity(model: torch.nn.Module) -> ModelIdentity:
+    """The model's catalog identity; equal for the same weights loaded in fp32, fp16 or bf16."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            sample = tensor.detach().reshape(-1)[:_WEIGHT_SAMPLE]
+            if sample.is_floating_point():
+                # bf16 is the coarsest dtype the model may be loaded in: round everything to it.
+                sample = sample.to(torch.bfloat16).float()
+            digest.update(sample.cpu().numpy().tobytes())
+    source = str(getattr(model, "source", None) or "unknown")
+    return ModelIdentity(source, digest.hexdigest()[:32], int(model.config.embed_dim))
+
+
+def resolve_device(choice: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is a clear error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(choice)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda was requested but no CUDA GPU is available; use cpu or auto"
+        )
+    return device
+
+
+class BatchEncoder:
+    """Turns lists of uint8 (3, S, S) images into embeddings and captions with one model."""
+
+    def __init__(self, model: torch.nn.Module, config: EncodeConfig) -> None:
+        self.model = model
+        self.config = config
+        self.device = next(model.parameters()).device
+        self._pinned: torch.Tensor | None = None
+
+    def encode(self, images: list[torch.Tensor]) -> EncodedBatch:
+        """Embed (and caption) a batch; the result does not depend on the batch size."""
+        start = time.perf_counter()
+        batch = self._to_device(images)  # uint8 (B, 3, S, S) on the model's device
+        with torch.inference_mode(), self._autocast():
+            pixels = self.model.preprocess.batch(batch)  # float (B, 3, S, S), normalised
+            encoding = self.model.encode_image_with_tokens(pixels)
+            latent = encoding.latent.float()  # (B, E)
+            captions = None
+            if self.config.captions:
+                token_ids = self.model.generate_from_tokens(encoding.tokens, self.config.decoding)
+                captions = caption_texts(self.model, token_ids)
+        embeddings = latent.cpu().numpy().astype(np.float32, copy=False)
+        return EncodedBatch(embeddings, captions, time.perf_counter() - start)
+
+    def _to_device(self, images: list[torch.Tensor]) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.stack(images)
+        # Reusing one pinned staging buffer avoids a pinned allocation per batch; the copy to the
+        # GPU is asynchronous, so it overlaps with whatever the GPU still has queued.
+        shape = (len(images), *images[0].shape)
+        if self._pinned is None or self._pinned.shape != shape:
+            self._pinned = torch.empty(shape, dtype=torch.uint8).pin_memory()
+        torch.stack(images, out=self._pinned)
+        return self._pinned.to(self.device, non_blocking=True)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.device.type != "cuda" or not self.config.autocast:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)

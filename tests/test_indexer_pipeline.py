@@ -1,0 +1,222 @@
+"""The indexer keeps catalog and vector index in step with the folder, run after run."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import coca
+import storage
+from indexer.decode import DecodeConfig
+from indexer.encode import EncodeConfig
+from indexer.pipeline import (
+    IndexConfig,
+    IndexerBusyError,
+    IndexSummary,
+    _exclusive,
+    register_model,
+    run_index,
+)
+from tests.test_indexer_support import (
+    fast_decoding,
+    make_bad_corpus,
+    save_tiny_bundle,
+    write_library,
+    write_photo,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    torch.set_num_threads(1)
+    return coca.load(save_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle")))
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    return coca.load(save_tiny_bundle(tmp_path_factory.mktemp("other_bundle"), seed=1))
+
+
+class Library:
+    """A photo folder, a data folder and helpers to index and check them."""
+
+    def __init__(self, root: Path, model: torch.nn.Module) -> None:
+        self.photos = root / "photos"
+        self.data = root / "data"
+        self.catalog = storage.open_catalog(self.data / "catalog.db")
+        self.model = model
+
+    def index_path(self, model: torch.nn.Module) -> Path:
+        return self.data / f"vectors-{register_model(self.catalog, model)}.faiss"
+
+    def index(self, model: torch.nn.Module | None = None, captions: bool = True) -> IndexSummary:
+        model = model or self.model
+        config = IndexConfig(
+            photos_dir=self.photos,
+            index_path=self.index_path(model),
+            decode=DecodeConfig(workers=2),
+            encode=EncodeConfig(batch_size=4, captions=captions, decoding=fast_decoding()),
+        )
+        return run_index(config, model, self.catalog)
+
+    def paths(self) -> dict[str, int]:
+        return {path: row.id for path, row in self.catalog.known_files(self.root_key).items()}
+
+    @property
+    def root_key(self) -> str:
+        return self.photos.resolve().as_posix()
+
+    def assert_consistent(self, model: torch.nn.Module | None = None) -> None:
+        """Catalog embeddings == saved index ids, and one ok row per decodable file."""
+        model = model or self.model
+        model_id = register_model(self.catalog, model)
+        ids, _ = self.catalog.load_embeddings(model_id)
+        saved = storage.VectorIndex.load(self.index_path(model))
+        assert sorted(saved.ids().tolist()) == sorted(ids.tolist())
+        assert len(set(ids.tolist())) == len(ids)
+        ok_rows = {
+            r.id for r in self.catalog.known_files(self.root_key).values() if r.status == "ok"
+        }
+        assert ok_rows == set(ids.tolist())
+
+
+@pytest.fixture()
+def library(tmp_path: Path, tiny_model: torch.nn.Module) -> Library:
+    return Library(tmp_path, tiny_model)
+
+
+def test_pipeline_indexes_a_library_with_bad_files(library: Library) -> None:
+    write_library(library.photos, 6)
+    corpus = make_bad_corpus(library.photos / "bad")
+    bad = sum(not item.decodes for item in corpus)
+    summary = library.index()
+    assert summary.indexed == 6 + len(corpus) - bad
+    assert summary.errors == bad
+    library.assert_consistent()
+    known = library.catalog.known_files(library.root_key)
+    assert known["bad/zero_bytes.jpg"].status == "error"
+    assert known["album0/img_00000.jpg"].status == "ok"
+    model_id = register_model(library.catalog, library.model)
+    detail = library.catalog.get_image(known["album0/img_00000.jpg"].id, model_id)
+    assert detail is not None and detail.caption is not None
+    assert detail.caption.decoding["generation_type"] == "greedy"
+    assert detail.image.width == 64 and detail.image.height == 48
+
+
+def test_pipeline_second_run_skips_everything(library: Library) -> None:
+    write_library(library.photos, 5)
+    library.index()
+    again = library.index()
+    assert (again.indexed, again.unchanged, again.errors) == (0, 5, 0)
+
+
+def test_pipeline_incremental_add_modify_rename_move_delete(library: Library) -> None:
+    write_library(library.photos, 6, folders=2)
+    library.index()
+    before = library.paths()
+    album0 = library.photos / "album0"
+    (album0 / "img_00000.jpg").rename(album0 / "renamed.jpg")
+    (library.photos / "moved").mkdir()
+    (album0 / "img_00002.jpg").rename(library.photos / "moved" / "img_00002.jpg")
+    (album0 / "img_00004.jpg").unlink()
+    write_photo(library.photos / "album1" / "img_00001.jpg", seed=999)  # new content, same name
+    write_photo(library.photos / "added.jpg", seed=1000)
+    summary = library.index()
+    assert (summary.indexed, summary.moved, summary.removed, summary.unchanged) == (2, 2, 1, 2)
+    after = library.paths()
+    assert after["album0/renamed.jpg"] == before["album0/img_00000.jpg"]  # keeps its row
+    assert after["moved/img_00002.jpg"] == before["album0/img_00002.jpg"]
+    assert "album0/img_00004.jpg" not in after
+    assert after["album1/img_00001.jpg"] == before["album1/img_00001.jpg"]
+    assert len(after) == 6
+    library.assert_consistent()
+
+
+def test_pipeline_modified_file_gets_a_new_embedding(library: Library) -> None:
+    path = write_photo(library.photos / "a.jpg", seed=1)
+    library.index()
+    model_id = register_model(library.catalog, library.model)
+    _, old = library.catalog.load_embeddings(model_id)
+    write_photo(path, seed=2, size=(80, 60))
+    assert library.index().indexed == 1
+    _, new = library.catalog.load_embeddings(model_id)
+    assert not np.allclose(old, new)
+    library.assert_consistent()
+
+
+def test_pipeline_model_change_reembeds_and_recaptions(
+    library: Library, other_model: torch.nn.Module
+) -> None:
+    write_library(library.photos, 4)
+    library.index()
+    summary = library.index(model=other_model)
+    assert summary.indexed == 4
+    library.assert_consistent(other_model)
+    library.assert_consistent()  # the first model's data stays usable
+    assert register_model(library.catalog, other_model) != register_model(
+        library.catalog, library.model
+    )
+
+
+def test_pipeline_rebuilds_a_deleted_or_corrupt_index(library: Library) -> None:
+    write_library(library.photos, 5)
+    library.index()
+    index_path = library.index_path(library.model)
+    index_path.unlink()
+    assert library.index().indexed == 0
+    library.assert_consistent()
+    index_path.write_bytes(b"garbage" * 10)
+    library.index()
+    library.assert_consistent()
+
+
+def test_pipeline_no_captions_stores_embeddings_only(library: Library) -> None:
+    write_library(library.photos, 3)
+    library.index(captions=False)
+    model_id = register_model(library.catalog, library.model)
+    known = library.catalog.known_files(library.root_key)
+    detail = library.catalog.get_image(next(iter(known.values())).id, model_id)
+    assert detail is not None and detail.caption is None
+    library.assert_consistent()
+
+
+def test_pipeline_readers_see_no_lock_errors_while_indexing(library: Library) -> None:
+    write_library(library.photos, 24)
+    reader = storage.open_catalog(library.data / "catalog.db")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read_loop() -> None:
+        while not stop.is_set():
+            try:
+                reader.stats()
+                reader.list_images(storage.ImageFilter(), page_size=10)
+                reader.search_captions("a photo", model_id=1)
+            except BaseException as error:  # noqa: BLE001 - collected and asserted below
+                errors.append(error)
+                return
+
+    thread = threading.Thread(target=read_loop)
+    thread.start()
+    try:
+        library.index()
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+
+
+def test_pipeline_refuses_a_second_indexer_on_the_same_data(library: Library) -> None:
+    write_library(library.photos, 1)
+    with _exclusive(library.index_path(library.model)):
+        with pytest.raises(IndexerBusyError):
+            library.index()
+
+
+def test_pipeline_rejects_a_missing_photo_folder(library: Library) -> None:
+    with pytest.raises(NotADirectoryError):
+        library.index()
