@@ -277,9 +277,7 @@ class CatalogQueries:
     def stats(self) -> CatalogStats:
         with self.db.session() as session:
             by_status = dict(
-                session.execute(select(Image.status, func.count()).group_by(Image.status))
-                .tuples()
-                .all()
+                session.execute(select(Image.status, func.count()).group_by(Image.status)).all()
             )
             models = [
                 ModelStats(
