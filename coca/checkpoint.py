@@ -9,7 +9,6 @@ tokenizer.json.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -20,6 +19,8 @@ import torch
 
 from coca.config import CLIP_VOCAB_SIZE, CocaConfig
 from coca.model import CoCa
+from coca.preprocess import Preprocess, PreprocessConfig
+from coca.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +226,11 @@ def _load_open_clip(folder: Path) -> CoCa:
     if text_cfg.get("hf_tokenizer_name") or config.vocab_size != CLIP_VOCAB_SIZE:
         tokenizer = _tokenizer_from_file(folder / BUNDLE_TOKENIZER, config.text.context_length)
     else:
-        tokenizer = _clip_tokenizer(config.text.context_length)
-    pp = cfg.get("preprocess_cfg", {})
+        tokenizer = Tokenizer.clip(context_length=config.text.context_length)
+    _check_tokenizer(tokenizer, config, folder)
     model.tokenizer = tokenizer
-    model.preprocess = _make_preprocess(config.vision.image_size, pp)
+    pp = cfg.get("preprocess_cfg") or {}
+    model.preprocess = _make_preprocess(config.vision.image_size, pp, folder / OPEN_CLIP_CONFIG)
     return model
 
 
@@ -256,7 +258,9 @@ def _load_bundle(folder: Path) -> CoCa:
     model = _build(config, read_state_dict(weights), str(weights))
     context = meta.get("tokenizer", {}).get("context_length", config.text.context_length)
     model.tokenizer = _tokenizer_from_file(folder / BUNDLE_TOKENIZER, context)
-    model.preprocess = _make_preprocess(config.vision.image_size, meta.get("preprocess", {}))
+    _check_tokenizer(model.tokenizer, config, folder)
+    pp = meta.get("preprocess") or {}
+    model.preprocess = _make_preprocess(config.vision.image_size, pp, folder / BUNDLE_CONFIG)
     return model
 
 
@@ -265,7 +269,9 @@ def save_bundle(model: CoCa, folder: str | Path, dtype: torch.dtype = torch.floa
     from safetensors.torch import save_file
 
     if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer to save; attach one (model.tokenizer = ...)")
+        raise ValueError("the model has no tokenizer to save; set model.tokenizer first")
+    _check_tokenizer(model.tokenizer, model.config, Path(folder))
+    preprocess = model.preprocess or Preprocess(PreprocessConfig(model.config.vision.image_size))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {
@@ -273,8 +279,8 @@ def save_bundle(model: CoCa, folder: str | Path, dtype: torch.dtype = torch.floa
         for k, v in model.state_dict().items()
     }
     save_file(state, str(folder / BUNDLE_WEIGHTS), metadata={"format": "pt"})
-    _write_tokenizer(model.tokenizer, folder / BUNDLE_TOKENIZER)
     tok = model.tokenizer
+    tok.save(folder / BUNDLE_TOKENIZER)
     meta = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -282,83 +288,47 @@ def save_bundle(model: CoCa, folder: str | Path, dtype: torch.dtype = torch.floa
         "model": model.config.to_dict(),
         "tokenizer": {
             "file": BUNDLE_TOKENIZER,
-            "context_length": getattr(tok, "context_length", model.config.text.context_length),
-            "sot_token_id": getattr(tok, "sot_token_id", model.config.sot_token_id),
-            "eot_token_id": getattr(tok, "eot_token_id", model.config.eot_token_id),
-            "pad_token_id": getattr(tok, "pad_token_id", model.config.pad_token_id),
-            "vocab_size": getattr(tok, "vocab_size", model.config.vocab_size),
+            "context_length": tok.context_length,
+            "sot_token_id": tok.sot_token_id,
+            "eot_token_id": tok.eot_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "vocab_size": tok.vocab_size,
         },
-        "preprocess": _preprocess_dict(model),
+        "preprocess": preprocess.config.to_dict(),
     }
     (folder / BUNDLE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     logger.info("saved model bundle to %s", folder)
     return folder
 
 
-# --- tokenizer / preprocessing (owned by coca.tokenizer and coca.preprocess) --------------------
+# --- tokenizer / preprocessing ------------------------------------------------------------------
 
 
-def _optional(module: str) -> Any:
-    """Import a sibling module that may not be installed in a partial checkout."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        logger.warning("%s is not available; the model is loaded without it", module)
-        return None
-
-
-def _clip_tokenizer(context_length: int) -> Any:
-    tokenizer = _optional("coca.tokenizer")
-    return tokenizer and tokenizer.Tokenizer.clip(context_length=context_length)
-
-
-def _tokenizer_from_file(path: Path, context_length: int) -> Any:
+def _tokenizer_from_file(path: Path, context_length: int) -> Tokenizer:
     if not path.is_file():
         raise CheckpointError(
             f"missing {path}: this model does not use CLIP's vocabulary, so it needs its tokenizer"
         )
-    tokenizer = _optional("coca.tokenizer")
-    if tokenizer is None:
-        return None
     try:
-        return tokenizer.Tokenizer.from_file(path, context_length=context_length)
-    except Exception as exc:  # the tokenizers library raises plain Exception subclasses
+        return Tokenizer.from_file(path, context_length=context_length)
+    except ValueError as exc:
         raise CheckpointError(f"could not read tokenizer {path}: {exc}") from exc
 
 
-def _write_tokenizer(tokenizer: Any, path: Path) -> None:
-    for owner in (
-        tokenizer,
-        getattr(tokenizer, "backend", None),
-        getattr(tokenizer, "_tokenizer", None),
-    ):
-        if owner is not None and callable(getattr(owner, "save", None)):
-            owner.save(str(path))
-            return
-    raise ValueError(f"cannot save tokenizer of type {type(tokenizer).__name__} to {path}")
+def _check_tokenizer(tokenizer: Tokenizer, config: CocaConfig, origin: Path) -> None:
+    """The tokenizer's special ids and vocabulary must be the ones the weights were trained with."""
+    ours = (tokenizer.sot_token_id, tokenizer.eot_token_id, tokenizer.pad_token_id)
+    theirs = (config.sot_token_id, config.eot_token_id, config.pad_token_id)
+    if ours != theirs or tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{origin}: tokenizer (sot, eot, pad)={ours}, vocab {tokenizer.vocab_size} does not "
+            f"match the model's {theirs}, vocab {config.vocab_size}"
+        )
 
 
-def _make_preprocess(image_size: int, cfg: dict[str, Any]) -> Any:
-    """Preprocess from open_clip-style settings (mean, std, interpolation, resize_mode)."""
-    preprocess = _optional("coca.preprocess")
-    if preprocess is None:
-        return None
-    Preprocess, PreprocessConfig = preprocess.Preprocess, preprocess.PreprocessConfig  # noqa: N806
-    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in known}
-    kwargs["image_size"] = image_size  # the model decides, as open_clip's factory does
+def _make_preprocess(image_size: int, preprocess_cfg: dict[str, Any], origin: Path) -> Preprocess:
+    """Preprocess from open_clip-style settings; the model decides the size, as open_clip does."""
     try:
-        return Preprocess(PreprocessConfig(**kwargs))
+        return Preprocess(PreprocessConfig.from_open_clip({**preprocess_cfg, "size": image_size}))
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"invalid preprocessing settings {cfg}: {exc}") from exc
-
-
-def _preprocess_dict(model: CoCa) -> dict[str, Any]:
-    config = getattr(model.preprocess, "config", None)
-    if config is not None and dataclasses.is_dataclass(config):
-        return dataclasses.asdict(config)
-    return {"image_size": model.config.vision.image_size}
+        raise CheckpointError(f"{origin}: invalid preprocessing settings: {exc}") from exc

@@ -93,6 +93,7 @@ class CachedDecoder:
         images = image_tokens.shape[0]
         self.batch = images
         device, dtype = image_tokens.device, decoder.text_projection.dtype
+        self._dtype = dtype
         self._text_kv = self._alloc(text.transformer.resblocks, images, device, dtype)
         self._dec_kv = self._alloc(decoder.resblocks, images, device, dtype)
         self._key_valid = torch.ones(images, max_len, dtype=torch.bool, device=device)
@@ -120,6 +121,9 @@ class CachedDecoder:
         if rows != self.batch:
             raise ValueError(f"step got {rows} rows but the decoder holds {self.batch}")
         start, end = self.length, self.length + n
+        if rows == 0:  # every row was dropped; keep the protocol's shapes
+            self.length = end
+            return tokens.new_zeros((0, self.decoder.text_projection.shape[1]), dtype=self._dtype)
         if end > self.max_len:
             raise ValueError(f"sequence would reach {end} tokens, past max_len={self.max_len}")
         previous = self._last_token[:rows] if start else None
@@ -180,21 +184,27 @@ class CachedDecoder:
         return grown
 
     def _set_layout(self, row_image: torch.Tensor) -> None:
-        """Pick how cross-attention finds each row's image. Images no row uses any more are
-        dropped from the cross K/V; rows grouped as equal consecutive runs per image fold into the
-        query axis (no copy); anything else gathers K/V per row."""
-        used = torch.unique(row_image)  # sorted image ids still decoded
-        if used.numel() < self._cross_kv[0][0].shape[0]:
-            index = used.to(self._key_valid.device)
+        """Pick how cross-attention finds each row's image (row_image: CPU (B,)).
+
+        If the rows form equal-length consecutive runs, one run per image (beam search, and
+        batched decoding after finished images are dropped), the cross K/V are put in run order
+        once and each run folds into the query axis: no per-row copy. Otherwise (rare) K/V are
+        gathered per row at every step.
+        """
+        images, counts = torch.unique_consecutive(row_image, return_counts=True)
+        runs_ok = images.numel() > 0 and bool((counts == counts[0]).all())
+        runs_ok = runs_ok and torch.unique(images).numel() == images.numel()
+        if runs_ok:
+            order = images
+            row_image = torch.arange(images.numel()).repeat_interleave(counts)
+        else:
+            order = torch.unique(row_image)  # sorted images still decoded: drop the others
+            row_image = torch.searchsorted(order, row_image)
+        if not torch.equal(order, torch.arange(self._cross_kv[0][0].shape[0])):
+            index = order.to(self._key_valid.device)
             self._cross_kv = [(k[index], v[index]) for k, v in self._cross_kv]
-            row_image = torch.searchsorted(used, row_image)
         self._row_image = row_image
-        images, rows = used.numel(), row_image.numel()
-        grouped = images > 0 and rows % images == 0
-        if grouped:
-            expected = torch.arange(images).repeat_interleave(rows // images)
-            grouped = torch.equal(row_image, expected)
-        self._rows_per_image = rows // images if grouped else None
+        self._rows_per_image = int(counts[0]) if runs_ok else None
         self._row_image_device = row_image.to(self._key_valid.device)
 
 
