@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -101,6 +102,7 @@ class RenderedScenes:
 
     images: np.ndarray  # (N, H, W, 3) uint8
     captions: list[list[str]]  # N lists of K captions
+    tokens: np.ndarray | None  # (N, K, T) int32 when a tokenizer was given
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,17 @@ class _RenderJob:
 
     config: GeneratedDataConfig
     preprocess: Any  # None: keep the render size; else its resize_for_model (the indexer's path)
+    tokenizer: Any  # None: captions as text only; else also their ids (tokenizing is parallel too)
     shape: tuple[int, ...]  # (N, H, W, 3) of the output array
     memory: str | None = None  # shared memory block holding the output array
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """One chunk's captions (and their ids) coming back from a worker."""
+
+    captions: list[list[str]]
+    tokens: np.ndarray | None  # (n, K, T) int32
 
 
 def scene_captions(split_seed: int, index: int, count: int) -> list[str]:
@@ -120,7 +131,7 @@ def scene_captions(split_seed: int, index: int, count: int) -> list[str]:
     return captions_for(scene, rng, count)
 
 
-def _render_into(images: np.ndarray, job: _RenderJob, start: int, stop: int) -> list[list[str]]:
+def _render_into(images: np.ndarray, job: _RenderJob, start: int, stop: int) -> _Rendered:
     """Render scenes start..stop-1 into images[start:stop]; return their captions."""
     config, captions = job.config, []
     for index in range(start, stop):
@@ -132,10 +143,13 @@ def _render_into(images: np.ndarray, job: _RenderJob, start: int, stop: int) -> 
             image = job.preprocess.resize_for_model(image)
         images[index] = np.asarray(image)
         captions.append(scene_captions(config.split_seed, index, config.captions_per_image))
-    return captions
+    if job.tokenizer is None:
+        return _Rendered(captions, None)
+    ids = job.tokenizer([text for texts in captions for text in texts]).numpy().astype(np.int32)
+    return _Rendered(captions, ids.reshape(len(captions), config.captions_per_image, -1))
 
 
-def _render_chunk(task: tuple[_RenderJob, int, int]) -> list[list[str]]:
+def _render_chunk(task: tuple[_RenderJob, int, int]) -> _Rendered:
     """Worker: render a range straight into the parent's shared memory (no pixels in pipes)."""
     job, start, stop = task
     memory = SharedMemory(name=job.memory)
@@ -145,10 +159,13 @@ def _render_chunk(task: tuple[_RenderJob, int, int]) -> list[list[str]]:
         memory.close()
 
 
-def render_scenes(config: GeneratedDataConfig, preprocess: Any = None) -> RenderedScenes:
+def render_scenes(
+    config: GeneratedDataConfig, preprocess: Any = None, tokenizer: Any = None
+) -> RenderedScenes:
     """Render the pool, in parallel worker processes when it is large enough to pay off.
 
-    With `preprocess`, each image is resized to the model's input (S, S) right after rendering.
+    With `preprocess`, each image is resized to the model's input (S, S) right after rendering;
+    with `tokenizer`, the captions are tokenized there too.
     """
     if preprocess is None:
         shape = (config.pool_size, config.height, config.width, 3)
@@ -157,22 +174,25 @@ def render_scenes(config: GeneratedDataConfig, preprocess: Any = None) -> Render
     workers = cpu_workers(config.workers)
     if workers == 1 or config.pool_size <= 2 * _RENDER_CHUNK:
         images = np.zeros(shape, dtype=np.uint8)
-        job = _RenderJob(config, preprocess, shape)
-        return RenderedScenes(images, _render_into(images, job, 0, config.pool_size))
+        job = _RenderJob(config, preprocess, tokenizer, shape)
+        done = _render_into(images, job, 0, config.pool_size)
+        return RenderedScenes(images, done.captions, done.tokens)
     memory = SharedMemory(create=True, size=int(np.prod(shape)))
     try:
-        job = _RenderJob(config, preprocess, shape, memory.name)
+        job = _RenderJob(config, preprocess, tokenizer, shape, memory.name)
         starts = range(0, config.pool_size, _RENDER_CHUNK)
         tasks = [(job, start, min(start + _RENDER_CHUNK, config.pool_size)) for start in starts]
         # fork is fastest and safe here (workers touch only numpy and PIL); spawn elsewhere.
         method = "fork" if os.name == "posix" else "spawn"
         with get_context(method).Pool(workers) as pool:
-            captions = [c for chunk in pool.imap(_render_chunk, tasks) for c in chunk]
+            chunks = list(pool.imap(_render_chunk, tasks))
         images = np.ndarray(shape, dtype=np.uint8, buffer=memory.buf).copy()
     finally:
         memory.close()
         memory.unlink()
-    return RenderedScenes(images, captions)
+    captions = [texts for chunk in chunks for texts in chunk.captions]
+    tokens = None if tokenizer is None else np.concatenate([chunk.tokens for chunk in chunks])
+    return RenderedScenes(images, captions, tokens)
 
 
 def tokenize_captions(
@@ -183,6 +203,13 @@ def tokenize_captions(
         raise DataError("there are no captions to train on")
     parts = [tokenizer(texts[i : i + 65536]) for i in range(0, len(texts), 65536)]
     return torch.cat(parts).long()
+
+
+def _to_device(indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy without a sync: a pageable host->GPU copy would wait for the whole GPU queue."""
+    if device.type != "cuda":
+        return indices
+    return indices.pin_memory().to(device, non_blocking=True)
 
 
 class GeneratedBatches:
@@ -197,12 +224,17 @@ class GeneratedBatches:
         seed: int,
         device: torch.device,
     ) -> None:
-        rendered = render_scenes(config, preprocess)
-        logger.info("rendered %d scenes at %dx%d", config.pool_size, config.width, config.height)
-        flat = [text for texts in rendered.captions for text in texts]
-        tokens = tokenize_captions(tokenizer, flat)  # (N*K, T)
-        k = config.captions_per_image
-        self.tokens = tokens.view(config.pool_size, k, -1).to(device)  # (N, K, T)
+        started = time.perf_counter()
+        rendered = render_scenes(config, preprocess, tokenizer)
+        assert rendered.tokens is not None  # a tokenizer was given
+        logger.info(
+            "rendered %d scenes at %dx%d in %.1f s",
+            config.pool_size,
+            config.width,
+            config.height,
+            time.perf_counter() - started,
+        )
+        self.tokens = torch.from_numpy(rendered.tokens).long().to(device)  # (N, K, T)
         # Channel-first so a gathered batch is what preprocess.batch takes; (N, 3, S, S) uint8.
         self.images = torch.from_numpy(rendered.images).permute(0, 3, 1, 2).to(device)
         self.preprocess = preprocess
@@ -215,7 +247,7 @@ class GeneratedBatches:
         n, k = self.tokens.shape[:2]
         rows = torch.randint(n, (self.batch_size,), generator=generator)  # (B,)
         choice = torch.randint(k, (self.batch_size,), generator=generator)  # (B,)
-        rows, choice = rows.to(self.device), choice.to(self.device)
+        rows, choice = _to_device(rows, self.device), _to_device(choice, self.device)
         images = self.preprocess.batch(self.images[rows])  # (B, 3, S, S): normalisation only
         return Batch(images=images, tokens=self.tokens[rows, choice])
 
