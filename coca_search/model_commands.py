@@ -133,18 +133,39 @@ def _data_config(
     )
 
 
-def _progress_bar(total: int, start: int) -> Any:
-    from tqdm import tqdm
+class _Progress:
+    """A tqdm bar on a terminal; on a pipe or log file, one plain line per 5% of the steps."""
 
-    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.bar = None
+        self.next_line = 0
+        if sys.stderr.isatty():
+            from tqdm import tqdm
 
-    def update(report: Any) -> None:
-        bar.update(report.step - bar.n)
-        if report.loss is not None:
-            bar.set_postfix(loss=f"{report.loss:.3f}", lr=f"{report.lr:.2e}",
-                            img_s=f"{report.images_per_s:.0f}")  # fmt: skip
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
 
-    return bar, update
+    def __call__(self, report: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(report.step - self.bar.n)
+            if report.loss is not None:
+                self.bar.set_postfix(
+                    loss=f"{report.loss:.3f}",
+                    lr=f"{report.lr:.2e}",
+                    img_s=f"{report.images_per_s:.0f}",
+                )
+            return
+        if report.loss is not None and report.step >= self.next_line:
+            self.next_line = report.step + max(1, self.total // 20)
+            typer.echo(
+                f"step {report.step}/{self.total} loss {report.loss:.4f} lr {report.lr:.2e} "
+                f"{report.images_per_s:.0f} img/s",
+                err=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def train_command(
@@ -206,13 +227,13 @@ def train_command(
         raise _fail(str(exc), 2) from exc
     import coca
 
-    bar, update = _progress_bar(steps, 0)
+    progress = _Progress(steps)
     try:
-        result = train(config, on_step=update)
+        result = train(config, on_step=progress)
     except (DataError, ResumeError, coca.CheckpointError, ValueError) as exc:
         raise _fail(str(exc), 2) from exc
     finally:
-        bar.close()
+        progress.close()
     if result.finished:
         typer.echo(f"trained {result.steps_done} steps in {result.train_seconds:.0f} s; "
                    f"model bundle: {result.bundle}")  # fmt: skip
