@@ -1,0 +1,176 @@
+"""Streamlit building blocks shared by the pages: filter widgets, the photo grid, images, states.
+
+Pages stay thin: they read widgets, call the engine or the catalog, and hand the results here.
+Images are always looked up by catalog id: the path comes from the catalog row, never a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import streamlit as st
+
+from search_app.search import SearchFilters
+from search_app.thumbnails import (
+    FULL_SIDE,
+    THUMBNAIL_SIDE,
+    ImageUnavailableError,
+    RenderedImage,
+    render_image,
+)
+from storage import Catalog
+
+logger = logging.getLogger(__name__)
+
+DETAIL_PAGE = "pages/detail.py"
+SEARCH_PAGE = "pages/search.py"
+GRID_COLUMNS = 4
+CAPTION_MISSING = "(no caption yet)"
+
+
+@dataclass(frozen=True)
+class Tile:
+    """What one grid cell shows; built from a search result or a browse row."""
+
+    id: int
+    path: Path  # the catalogued file of this id
+    caption: str | None
+    score: float | None = None
+    note: str | None = None  # e.g. the photo's date
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+@st.cache_data(max_entries=4000, show_spinner=False)
+def _rendered(image_id: int, mtime_ns: int, path: str, max_side: int) -> RenderedImage:
+    # Keyed by (id, mtime): a re-saved photo gets a fresh thumbnail; `path` is the catalog's.
+    return render_image(Path(path), max_side)
+
+
+def image_bytes(image_id: int, path: Path, max_side: int = THUMBNAIL_SIDE) -> bytes | None:
+    """Encoded pixels of a catalogued photo, or None when its file is gone or broken."""
+    try:
+        mtime_ns = os.stat(path).st_mtime_ns
+        return _rendered(image_id, mtime_ns, str(path), max_side).data
+    except (OSError, ImageUnavailableError) as error:
+        logger.warning("image %d unavailable: %s", image_id, error)
+        return None
+
+
+def show_image(image_id: int, path: Path, *, full: bool = False, link: str | None = None) -> None:
+    data = image_bytes(image_id, path, FULL_SIDE if full else THUMBNAIL_SIDE)
+    if data is None:
+        st.warning(
+            "The file is missing or unreadable; re-run the indexer.", icon=":material/broken_image:"
+        )
+        return
+    st.image(data, width="stretch", link=link)
+
+
+# -- filters ------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _folder_choices(catalog_url: str, _catalog: Catalog) -> list[tuple[str, int]]:
+    # Folder names relative to their library root, merged across roots, with photo counts.
+    counts: dict[str, int] = {}
+    for row in _catalog.folders():
+        counts[row.folder] = counts.get(row.folder, 0) + row.images
+    return sorted(counts.items())
+
+
+def filter_widgets(catalog: Catalog, key: str) -> SearchFilters:
+    """Folder and date-range filters in the sidebar; `key` keeps each page's choices apart."""
+    choices = _folder_choices(str(catalog.db.url), catalog)
+    labels = {folder: f"{folder or 'All folders'} ({count})" for folder, count in choices}
+    folder = st.sidebar.selectbox(
+        "Folder",
+        options=[folder for folder, _ in choices] or [""],
+        format_func=lambda f: labels.get(f, f or "All folders"),
+        key=f"{key}-folder",
+        help="Only photos in this folder and the folders below it.",
+    )
+    use_dates = st.sidebar.toggle("Filter by date", key=f"{key}-use-dates")
+    date_from = date_to = None
+    if use_dates:
+        picked = st.sidebar.date_input(
+            "Taken between",
+            value=(date(2000, 1, 1), date.today()),
+            min_value=date(1900, 1, 1),
+            max_value=date(2100, 12, 31),
+            key=f"{key}-dates",
+        )
+        if isinstance(picked, Sequence) and len(picked) == 2:
+            date_from, date_to = picked
+    return SearchFilters(folder=folder or None, date_from=date_from, date_to=date_to)
+
+
+# -- grid ---------------------------------------------------------------------------------------
+
+
+def detail_link(image_id: int) -> str:
+    return f"detail?id={image_id}"
+
+
+def photo_grid(
+    tiles: Sequence[Tile],
+    *,
+    on_similar: Callable[[int], None] | None = None,
+    key: str = "grid",
+) -> None:
+    """Thumbnails in rows of GRID_COLUMNS, each with its caption, score and path."""
+    for start in range(0, len(tiles), GRID_COLUMNS):
+        columns = st.columns(GRID_COLUMNS, gap="medium")
+        for column, tile in zip(columns, tiles[start : start + GRID_COLUMNS], strict=False):
+            with column.container(border=True):
+                _tile(tile, on_similar, key)
+
+
+def _tile(tile: Tile, on_similar: Callable[[int], None] | None, key: str) -> None:
+    show_image(tile.id, tile.path, link=detail_link(tile.id))
+    st.markdown(f"**{escape(tile.caption or CAPTION_MISSING)}**")
+    facts = [f"score {tile.score:.3f}"] if tile.score is not None else []
+    if tile.note:
+        facts.append(tile.note)
+    if facts:
+        st.caption(" · ".join(facts))
+    st.caption(escape(str(tile.path)), help=str(tile.path))
+    actions = st.container(horizontal=True, vertical_alignment="center", gap="small")
+    actions.page_link(
+        DETAIL_PAGE, label="Details", icon=":material/info:", query_params={"id": str(tile.id)}
+    )
+    if on_similar is not None:
+        actions.button(
+            "More like this",
+            key=f"{key}-like-{tile.id}",
+            on_click=on_similar,
+            args=(tile.id,),
+            icon=":material/auto_awesome_mosaic:",
+            type="tertiary",
+        )
+
+
+def escape(text: str) -> str:
+    """Captions and paths are data, not markdown."""
+    for char in "\\`*_{}[]()#+-.!|<>~$":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def format_date(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%d %H:%M") if value else None
+
+
+def format_size(size: int) -> str:
+    amount = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if amount < 1024 or unit == "GB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{size} B"
