@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 
 from storage.vector_files import IndexFileError, IndexMeta, read_index, write_index
-from storage.vector_support import GpuMirror, ReadWriteLock, ivf_contents, normalize
+from storage.vector_support import GpuMirror, ReadWriteLock, id_selector, ivf_contents, normalize
 
 if TYPE_CHECKING:
     from storage.catalog import Catalog
@@ -44,7 +44,7 @@ class VectorIndexConfig:
     # IVF lists; None picks a power of two near 2 * sqrt(rows): ~500 vectors per list at 1M.
     nlist: int | None = None
     # Lists scanned per query: the speed/recall knob (0.95+ recall@10 at 1M, see the benchmark).
-    nprobe: int = 16
+    nprobe: int = 12
     # k-means sample per list and iterations: bounds IVF training time on small CPUs.
     train_points_per_list: int = 40
     kmeans_iters: int = 10
@@ -108,7 +108,6 @@ def _train_ivf(vectors: np.ndarray, config: VectorIndexConfig) -> faiss.IndexIVF
     sample_size = min(rows, nlist * config.train_points_per_list)
     sample = np.random.default_rng(config.seed).choice(rows, sample_size, replace=False)
     index.train(vectors[np.sort(sample)])
-    index.nprobe = config.nprobe
     return index
 
 
@@ -124,6 +123,7 @@ class VectorIndex:
         self._trained_rows = 0
         self._lock = ReadWriteLock()
         self._gpu = GpuMirror(self.config.use_gpu)
+        self._nprobe = self.config.nprobe
         # The catalog fingerprint this index reflects (set by load/save, cleared by writes).
         self.fingerprint: str | None = None
 
@@ -157,6 +157,7 @@ class VectorIndex:
         for start in range(0, len(ids), 100_000):  # bounded temporary memory while adding
             built.add_with_ids(vectors[start : start + 100_000], ids[start : start + 100_000])
         self._index, self._kind = built, kind
+        self._apply_nprobe()
         self._gpu.invalidate()
 
     @classmethod
@@ -166,8 +167,7 @@ class VectorIndex:
         index = cls(meta.dim, meta.model_id, config)
         index._index, index._kind, index._trained_rows = built, meta.kind, meta.trained_rows
         index.fingerprint = meta.fingerprint
-        if meta.kind == "ivf_sq8":
-            faiss.extract_index_ivf(built).nprobe = index.config.nprobe
+        index._apply_nprobe()
         return index
 
     @classmethod
@@ -177,6 +177,24 @@ class VectorIndex:
         return cls._from_faiss(built, meta, config or VectorIndexConfig())
 
     # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def nprobe(self) -> int:
+        """IVF lists scanned per query (ignored by the exact index)."""
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"nprobe must be at least 1, got {value}")
+        with self._lock.write():
+            self._nprobe = int(value)
+            self._apply_nprobe()
+
+    def _apply_nprobe(self) -> None:
+        if self._kind == "ivf_sq8":
+            faiss.extract_index_ivf(self._index).nprobe = self._nprobe
+            self._gpu.invalidate()
 
     @property
     def kind(self) -> IndexKind:
@@ -283,14 +301,14 @@ class VectorIndex:
         return SearchHits(ids=ids, scores=scores)
 
     def _search_filtered(self, queries: np.ndarray, k: int, allowed: np.ndarray):
-        selector = faiss.IDSelectorBatch(allowed)
+        selector, _buffer = id_selector(allowed)  # _buffer must outlive the search
         if self._kind == "flat":
             params = faiss.SearchParameters(sel=selector)
         else:
             # Probe more lists as the allowed share shrinks, so a narrow filter still fills k.
             nlist = faiss.extract_index_ivf(self._index).nlist
             share = min(1.0, len(allowed) / max(self.ntotal, 1))
-            nprobe = min(nlist, math.ceil(self.config.nprobe / max(share, 1e-9)))
+            nprobe = min(nlist, math.ceil(self._nprobe / max(share, 1e-9)))
             params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         return self._index.search(queries, k, params=params)
 

@@ -242,3 +242,12 @@ def test_storage_vectors_open_or_rebuild_unknown_model_raises(filled) -> None:
     catalog, _, path = filled
     with pytest.raises(KeyError, match="not in the catalog"):
         open_or_rebuild(catalog, 999, path)
+
+
+@pytest.mark.parametrize("offset", [0, 1 << 40])  # dense ids use a bitmap, huge ids a hash set
+def test_storage_vectors_filter_works_for_dense_and_sparse_ids(offset: int) -> None:
+    ids = np.arange(300, dtype=np.int64) * 11 + offset
+    x, q = _unit(300, 0), _unit(3, 1)
+    allowed = ids[5::9]
+    hits = VectorIndex.from_vectors(ids, x, model_id=1).search(q, 4, allowed_ids=allowed)
+    assert np.array_equal(hits.ids, _brute_force(allowed, x[5::9], q, 4))
