@@ -1,0 +1,204 @@
+"""The `index` and `search` subcommands: flags become configs here; the work is in `indexer`
+and `search_app.search`.
+
+Both commands share a data folder (`--data`, default `$COCA_SEARCH_DATA` or `./coca-data`) holding
+the catalog (`catalog.db`) and one FAISS file per model. It lives outside the photo folder so that
+`search` finds it without being told where the photos are, and so that the photo folder is never
+written to. Expected failures print one line to stderr and exit non-zero; nothing already committed
+is lost (a rerun of `index` resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_ENV = "COCA_SEARCH_DATA"
+
+
+def default_data_dir() -> Path:
+    """`$COCA_SEARCH_DATA` when set, else ./coca-data."""
+    return Path(os.environ.get(DEFAULT_DATA_ENV) or "coca-data")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _device(choice: str) -> str:
+    from indexer.encode import resolve_device
+
+    if choice not in ("auto", "cpu", "cuda") and not choice.startswith("cuda:"):
+        raise _fail(f"unknown --device {choice!r}: use auto, cpu or cuda")
+    try:
+        return str(resolve_device(choice))
+    except ValueError as error:
+        raise _fail(str(error)) from error
+
+
+def _load_model(source: str, device: str) -> Any:
+    import coca
+
+    try:
+        return coca.load(source, device=device)
+    except (coca.CheckpointError, OSError, ValueError, RuntimeError) as error:
+        raise _fail(f"cannot load model {source!r}: {error}") from error
+
+
+def _open_catalog(data_dir: Path) -> Any:
+    import storage
+    from search_app.search import DataLayout
+
+    try:
+        return storage.open_catalog(DataLayout(data_dir).catalog_path)
+    except storage.SchemaVersionError as error:
+        raise _fail(str(error)) from error
+    except OSError as error:
+        raise _fail(f"cannot open the catalog in {data_dir}: {error}") from error
+
+
+DATA_HELP = f"Data folder for the catalog and index (default: ${DEFAULT_DATA_ENV} or ./coca-data)."
+
+
+def index_command(
+    photos_dir: Path = typer.Argument(
+        ..., help="Folder of photos to index (searched recursively)."
+    ),
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+    model: str = typer.Option("default", "--model", help="Model: default, a folder or a hub id."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Images per batch."),
+    workers: int = typer.Option(
+        os.cpu_count() or 2, "--workers", min=1, max=256, help="Decode threads (default: CPUs)."
+    ),
+    no_captions: bool = typer.Option(False, "--no-captions", help="Embeddings only, no captions."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Index a photo folder: captions + embeddings into the catalog, vectors into the index."""
+    from indexer.decode import DecodeConfig
+    from indexer.encode import EncodeConfig
+    from indexer.pipeline import IndexConfig, IndexerBusyError, register_model, run_index
+    from search_app.search import DataLayout
+
+    if not photos_dir.is_dir():
+        raise _fail(f"{photos_dir} is not a folder; pass the folder that holds your photos")
+    layout = DataLayout((data or default_data_dir()).expanduser())
+    loaded = _load_model(model, _device(device))
+    catalog = _open_catalog(layout.data_dir)
+    config = IndexConfig(
+        photos_dir=photos_dir,
+        index_path=layout.index_path(register_model(catalog, loaded)),
+        decode=DecodeConfig(workers=workers),
+        encode=EncodeConfig(batch_size=batch_size, captions=not no_captions),
+    )
+    try:
+        with _ProgressBar() as report:
+            summary = run_index(config, loaded, catalog, report)
+    except IndexerBusyError as error:
+        raise _fail(str(error), 3) from error
+    except KeyboardInterrupt:
+        message = "interrupted; committed batches are kept, run the same command to resume"
+        raise _fail(message, 130) from None
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict()))
+    else:
+        typer.echo(
+            f"indexed {summary.indexed}, unchanged {summary.unchanged}, moved {summary.moved}, "
+            f"removed {summary.removed}, errors {summary.errors} in {summary.seconds:.1f} s "
+            f"({summary.images_per_second:.1f} images/s); data in {layout.data_dir}"
+        )
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr fed by the pipeline's progress callback."""
+
+    def __enter__(self) -> Any:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("indexing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f} images/s, {task.fields[errors]} errors"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.task = self.progress.add_task("index", total=None, rate=0.0, errors=0)
+        self.progress.start()
+        return self.update
+
+    def update(self, event: Any) -> None:
+        self.progress.update(
+            self.task,
+            completed=event.done,
+            total=event.total,
+            rate=event.images_per_second,
+            errors=event.errors,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def search_command(
+    query: str = typer.Argument(..., help="What to look for, e.g. 'two red cars on a beach'."),
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, max=1000, help="Number of results."),
+    model: str = typer.Option("default", "--model", help="The model the catalog was indexed with."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    hybrid: bool = typer.Option(False, "--hybrid", help="Fuse with caption full-text matches."),
+    min_score: float | None = typer.Option(None, "--min-score", help="Drop cosine below this."),
+    folder: str | None = typer.Option(None, "--folder", help="Only photos under this folder."),
+    date_from: str | None = typer.Option(None, "--from", help="Only photos on/after YYYY-MM-DD."),
+    date_to: str | None = typer.Option(None, "--to", help="Only photos on/before YYYY-MM-DD."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results."),
+) -> None:
+    """Search the catalog by text: top-k photos with path, score and caption."""
+    from search_app.search import SearchError, SearchFilters, open_engine
+
+    filters = SearchFilters(folder, _date(date_from, "--from"), _date(date_to, "--to"))
+    data_dir = (data or default_data_dir()).expanduser()
+    loaded = _load_model(model, _device(device))
+    try:
+        engine = open_engine(data_dir, loaded)
+        response = engine.search_text(query, k, filters, hybrid, min_score)
+    except SearchError as error:
+        raise _fail(str(error)) from error
+    if as_json:
+        typer.echo(json.dumps([result.to_dict() for result in response.results]))
+        return
+    if not response.results:
+        typer.echo("no results", err=True)
+    for result in response.results:
+        typer.echo(f"{result.score:.4f}  {result.path}\n        {result.caption or ''}")
+    logger.info("%d results in %.1f ms", len(response.results), response.latency_ms)
+
+
+def _date(text: str | None, flag: str) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"{flag} expects a date like 2024-05-31, got {text!r}") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("index")(index_command)
+    app.command("search")(search_command)
