@@ -89,20 +89,33 @@ def _stamp(conn: Connection, migration: Migration) -> None:
     )
 
 
+def _check_not_newer(version: int) -> None:
+    if version > LATEST_VERSION:
+        raise SchemaVersionError(
+            f"catalog schema version {version} is newer than this coca-search supports "
+            f"({LATEST_VERSION}); upgrade coca-search to open it"
+        )
+
+
 def apply_migrations(db: Database, target: int = LATEST_VERSION) -> int:
-    """Bring `db` to schema version `target` (tests use a lower target); returns the version."""
+    """Bring `db` to schema version `target` (tests use a lower target); returns the version.
+
+    An up-to-date catalog is only read (no write lock), so opening it never waits for an indexer.
+    """
+    with db.engine.connect() as conn:
+        current = stored_version(conn)
+        conn.rollback()
+    _check_not_newer(current)
+    if current >= target:
+        return current
     with db.engine.connect() as conn:
         if db.is_sqlite:
             # Take the write lock before reading the version: two processes opening the same new
             # catalog must not both run the steps.
             conn = conn.execution_options(coca_sqlite_begin="IMMEDIATE")
         with conn.begin():
-            current = stored_version(conn)
-            if current > LATEST_VERSION:
-                raise SchemaVersionError(
-                    f"catalog schema version {current} is newer than this coca-search supports "
-                    f"({LATEST_VERSION}); upgrade coca-search to open it"
-                )
+            current = stored_version(conn)  # again: another process may have migrated meanwhile
+            _check_not_newer(current)
             for migration in MIGRATIONS:
                 if migration.version > target or migration.version <= current:
                     continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,19 @@ def test_storage_deleting_an_image_cascades_to_captions_embeddings_and_fts(tmp_p
     with catalog.db.session() as session:
         assert session.execute(select(func.count()).select_from(Embedding)).scalar_one() == 0
         assert session.execute(select(func.count()).select_from(Caption)).scalar_one() == 0
+
+
+def test_storage_open_catalog_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    writer = open_catalog(tmp_path / "c.db")
+    with writer.db.session(write=True) as session:  # holds SQLite's write lock
+        session.execute(
+            text(
+                "INSERT INTO models (source, config_hash, embed_dim, created_at) "
+                "VALUES ('m', 'h', 4, '2024-01-01')"
+            )
+        )
+        start = time.perf_counter()
+        reader = open_catalog(tmp_path / "c.db")
+        assert reader.list_models() == []  # sees the last committed state, no waiting
+        assert time.perf_counter() - start < 5  # the busy timeout is 30 s
+    assert [m.source for m in reader.list_models()] == ["m"]
