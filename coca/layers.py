@@ -19,8 +19,11 @@ class LayerNorm(nn.LayerNorm):
     LayerNormFp32 (in fp32 models this is exactly torch's LayerNorm)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
+        if x.dtype == self.weight.dtype:
+            # torch's kernels accumulate fp16/bf16 statistics in fp32 and apply the affine in fp32
+            # before rounding once: casting first gives the same up to rounding, in 4 more kernels.
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        weight, bias = self.weight.float(), self.bias.float()
         y = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
         return y.to(x.dtype)
 
@@ -127,18 +130,26 @@ class ResidualBlock(nn.Module):
         x: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        start: int,
+        position: int | torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Run new tokens x (B, T, D) at positions start..start+T-1, writing their keys/values into
-        the preallocated caches (B, H, T_max, Dh) and attending over the filled prefix."""
-        end = start + x.shape[1]
+        """Run new tokens x (B, T, D) with key/value caches (B, H, T_max, Dh).
+
+        position int: the tokens sit at position.., their keys/values are written there and the
+        filled prefix is attended. position tensor (1,) on the device (one token, no host sync,
+        CUDA-graph safe): written with index_copy_, and all T_max slots are attended, so `mask`
+        must hide the unfilled ones.
+        """
         q, k, v = self.attn.project_qkv(self.ln_1(x))  # (B, H, T, Dh)
-        k_cache[:, :, start:end] = k
-        v_cache[:, :, start:end] = v
-        out = F.scaled_dot_product_attention(
-            q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask
-        )
+        if isinstance(position, int):
+            end = position + x.shape[1]
+            k_cache[:, :, position:end] = k
+            v_cache[:, :, position:end] = v
+            k_cache, v_cache = k_cache[:, :, :end], v_cache[:, :, :end]
+        else:
+            k_cache.index_copy_(2, position, k)
+            v_cache.index_copy_(2, position, v)
+        out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
         x = x + self.attn.output(out)
         return x + self.mlp(self.ln_2(x))
 

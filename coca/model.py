@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from coca.config import CocaConfig
-from coca.decoder import CachedDecoder, FullPrefixDecoder, MultimodalDecoder
+from coca.decoder import FullPrefixDecoder, MultimodalDecoder
+from coca.incremental import CachedDecoder
 from coca.text import TextTransformer
 from coca.vision import VisionTransformer
 
@@ -64,6 +65,8 @@ class CoCa(nn.Module):
         self.source: str | None = None
         self.tokenizer: Any = None
         self.preprocess: Any = None
+        # Default for incremental_decoder(cuda_graphs=None); switch off to compare or debug.
+        self.decode_with_cuda_graphs = True
 
     @property
     def device(self) -> torch.device:
@@ -151,16 +154,23 @@ class CoCa(nn.Module):
             )
 
     def incremental_decoder(
-        self, image_tokens: torch.Tensor, max_len: int | None = None
+        self,
+        image_tokens: torch.Tensor,
+        max_len: int | None = None,
+        cuda_graphs: bool | None = None,
     ) -> CachedDecoder:
-        """KV-cached decoder, one row per image; `max_len` caps the tokens fed in total (prompt
-        included), default the decoder's context length. Smaller means smaller caches."""
+        """KV-cached decoder, one row per image. `max_len` caps the tokens fed in total (prompt
+        included; default the decoder's context length): smaller means smaller caches.
+        `cuda_graphs` replays one-token steps as CUDA graphs (CUDA only, not under autocast);
+        None means `self.decode_with_cuda_graphs`."""
         self._check_image_tokens(image_tokens)
         limit = min(self.config.decoder.context_length, self.config.text.context_length)
         max_len = limit if max_len is None else max_len
         if not 0 < max_len <= limit:
             raise ValueError(f"max_len must lie in [1, {limit}], got {max_len}")
-        return CachedDecoder(self.text, self.text_decoder, image_tokens.to(self.dtype), max_len)
+        tokens = image_tokens.to(self.dtype)
+        graphs = self.decode_with_cuda_graphs if cuda_graphs is None else cuda_graphs
+        return CachedDecoder(self.text, self.text_decoder, tokens, max_len, graphs)
 
     def full_prefix_decoder(self, image_tokens: torch.Tensor) -> FullPrefixDecoder:
         """Uncached decoder with the same protocol (the reference for tests)."""

@@ -154,3 +154,25 @@ def test_load_state_dict_loads_into_plain_model(tiny_state: Any, tiny_config: An
     model.load_state_dict(state, strict=True)
     texts = make_texts([4, 9], context=20)
     assert model.encode_text(texts).shape == (2, 32)
+
+
+def test_model_caption_and_generate_delegate_to_coca_generate(tiny_open_clip_folder: Path) -> None:
+    model = coca.load(tiny_open_clip_folder)
+    images = [Image.new("RGB", (40, 30), (0, 120, 250)), Image.new("RGB", (30, 30), (9, 9, 9))]
+    captions = model.caption(images, generation_type="greedy", seq_len=8)
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    pixels = torch.stack([model.preprocess(image) for image in images])
+    ids = model.generate(pixels, generation_type="greedy", seq_len=8)
+    assert ids.shape[0] == 2 and ids.shape[1] <= 8 and (ids[:, 0] == 49406).all()
+    assert captions == [model.tokenizer.decode(row).strip() for row in _strip(ids)]
+    with pytest.raises(ValueError, match="no images"):
+        model.caption([])
+
+
+def _strip(ids: torch.Tensor) -> list[list[int]]:
+    """Generated rows without <start_of_text>, cut at <end_of_text>."""
+    rows = []
+    for row in ids.tolist():
+        row = row[1:]
+        rows.append(row[: row.index(49407)] if 49407 in row else row)
+    return rows

@@ -1,0 +1,272 @@
+"""KV-cached token-by-token decoding (the coca.decoding.IncrementalDecoder protocol).
+
+What makes it fast, and why:
+- Text-tower and decoder self-attention keys/values live in preallocated (B, H, T_max, Dh)
+  buffers; a step computes only the new token and writes its keys/values in place.
+- Cross-attention keys/values of the image tokens are computed once per image and layer. Rows of
+  one image (beams) that sit in consecutive equal runs are folded into the query axis, so every
+  beam reads a single copy; nothing is replicated per beam.
+- Logits are computed for the last position only.
+- One-token steps use a fixed-shape path (position on the device, all T_max slots attended under a
+  mask), so on CUDA each step is captured once as a CUDA graph per batch shape and replayed: a step
+  of a few hundred small kernels costs one launch instead of hundreds.
+
+Legend: B rows (hypotheses), I images, T tokens, N image tokens, D width, H heads, Dh head width,
+V vocabulary, Lyr layers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from coca.decoder import MultimodalDecoder, check_rows
+from coca.layers import CrossBlock
+from coca.text import TextTransformer, causal_mask, legacy_key_mask
+
+logger = logging.getLogger(__name__)
+
+
+class CachedDecoder:
+    """IncrementalDecoder with KV caches; see the module docstring."""
+
+    def __init__(
+        self,
+        text: TextTransformer,
+        decoder: MultimodalDecoder,
+        image_tokens: torch.Tensor,
+        max_len: int,
+        cuda_graphs: bool = True,
+    ) -> None:
+        self.text, self.decoder = text, decoder
+        self.max_len = max_len
+        self.length = 0  # tokens fed so far (the filled prefix of every cache)
+        self.batch = image_tokens.shape[0]
+        device = image_tokens.device
+        self._dtype = decoder.text_projection.dtype
+        self._text_kv = self._alloc(text.transformer.resblocks, self.batch, device)
+        self._dec_kv = self._alloc(decoder.resblocks, self.batch, device)
+        self._key_valid = torch.zeros(self.batch, max_len, dtype=torch.bool, device=device)
+        self._last_token = torch.zeros(self.batch, dtype=torch.long, device=device)
+        self._position = torch.zeros(1, dtype=torch.long, device=device)  # == length, on device
+        self._slots = torch.arange(max_len, device=device)  # (T_max,)
+        # Cross-attention keys/values once per image and layer, never per row: (I, H, N, Dh) each.
+        with torch.no_grad():
+            self._cross_kv = [block.image_kv(image_tokens) for block in decoder.cross_attn]
+        self._row_image = torch.arange(self.batch)  # CPU: which image each row decodes
+        self._rows_per_image: int | None = 1  # rows grouped by image, or None -> gather per row
+        self._row_image_device = self._row_image.to(device)
+        self._graphs = _GraphCache(enabled=cuda_graphs and device.type == "cuda")
+
+    def _alloc(self, blocks: nn.ModuleList, rows: int, device: torch.device) -> torch.Tensor:
+        """Keys and values of every layer in one buffer (2, Lyr, B, H, T_max, Dh). Zeroed: the
+        fixed-shape step attends to unfilled slots under a mask, and 0 * NaN garbage is NaN."""
+        attn = blocks[0].attn
+        heads, width = attn.heads, attn.out_proj.in_features
+        shape = (2, len(blocks), rows, heads, self.max_len, width // heads)
+        return torch.zeros(shape, device=device, dtype=self._dtype)
+
+    # --- protocol ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed tokens (B, T_new); logits for the last position (B, V)."""
+        rows, n = tokens.shape
+        if rows != self.batch:
+            raise ValueError(f"step got {rows} rows but the decoder holds {self.batch}")
+        if self.length + n > self.max_len:
+            raise ValueError(
+                f"sequence would reach {self.length + n} tokens, past max_len={self.max_len}"
+            )
+        if rows == 0:  # every row was dropped; keep the protocol's shapes
+            self.length += n
+            return tokens.new_zeros((0, self.decoder.text_projection.shape[1]), dtype=self._dtype)
+        if n == 1:
+            key = (rows, self._rows_per_image)
+            logits = self._graphs.run(key, self._step_one, tokens)
+        else:
+            logits = self._step_prompt(tokens)
+            self._position.fill_(self.length + n)
+        self.length += n
+        return logits
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i becomes old row rows[i] (keep, drop, duplicate); only the filled prefix moves.
+        A CPU `rows` avoids a device sync."""
+        rows_cpu = check_rows(rows, self.batch)
+        new_batch = rows_cpu.numel()
+        if new_batch == self.batch and torch.equal(rows_cpu, torch.arange(new_batch)):
+            return
+        index = rows_cpu.to(self._key_valid.device, non_blocking=True)
+        t = self.length
+        if new_batch > self._key_valid.shape[0]:
+            self._text_kv = self._gather_into_new(self._text_kv, index)
+            self._dec_kv = self._gather_into_new(self._dec_kv, index)
+            self._key_valid = self._key_valid[index]  # advanced indexing: a new buffer
+            self._last_token = self._last_token[index]
+            self._graphs.clear()  # captured graphs point at the old buffers
+        else:
+            # Gather first (advanced indexing copies), then write into the same buffers, whose
+            # addresses captured graphs rely on.
+            self._text_kv[:, :, :new_batch, :, :t] = self._text_kv[:, :, index, :, :t]
+            self._dec_kv[:, :, :new_batch, :, :t] = self._dec_kv[:, :, index, :, :t]
+            self._key_valid[:new_batch] = self._key_valid[index]
+            self._last_token[:new_batch] = self._last_token[index]
+        self.batch = new_batch
+        self._set_layout(self._row_image[rows_cpu])
+
+    # --- the two step paths -----------------------------------------------------------------
+    def _step_prompt(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Several tokens at once (the prompt): positions are Python ints, shapes grow."""
+        rows, n = tokens.shape
+        start, end = self.length, self.length + n
+        previous = self._last_token[:rows] if start else None
+        self._key_valid[:rows, start:end] = legacy_key_mask(tokens, self.text.pad_id, previous)
+        text_mask = causal_mask(self._key_valid[:rows, :end], n)  # (B, 1, T_new, end)
+        all_valid = torch.ones(1, end, dtype=torch.bool, device=tokens.device)
+        dec_mask = causal_mask(all_valid, n)  # (1, 1, T_new, end)
+        x = self.text.embed(tokens, start)  # (B, T_new, D)
+        logits = self._run_layers(x, start, text_mask, dec_mask)
+        self._last_token[:rows] = tokens[:, -1]
+        return logits
+
+    def _step_one(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One token per row with fixed shapes and no host sync (CUDA-graph safe)."""
+        rows = tokens.shape[0]
+        pos = self._position  # (1,)
+        # open_clip's shifted pad mask: this slot is valid unless the previous token was pad.
+        valid = (self._last_token[:rows] != self.text.pad_id) | (pos == 0)  # (B,)
+        self._key_valid[:rows].index_copy_(1, pos, valid.unsqueeze(1))
+        filled = self._slots <= pos  # (T_max,)
+        text_mask = (self._key_valid[:rows] & filled).view(rows, 1, 1, -1)  # (B, 1, 1, T_max)
+        dec_mask = filled.view(1, 1, 1, -1)
+        emb = self.text.token_embedding(tokens).to(self._dtype)  # (B, 1, D)
+        x = emb + self.text.positional_embedding.index_select(0, pos)
+        logits = self._run_layers(x, pos, text_mask, dec_mask)
+        self._last_token[:rows].copy_(tokens[:, -1])
+        pos.add_(1)
+        return logits
+
+    def _run_layers(
+        self,
+        x: torch.Tensor,
+        position: int | torch.Tensor,
+        text_mask: torch.Tensor,
+        dec_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        rows = x.shape[0]
+        for i, block in enumerate(self.text.transformer.resblocks):
+            k, v = self._text_kv[0, i, :rows], self._text_kv[1, i, :rows]
+            x = block.forward_cached(x, k, v, position, text_mask)
+        pairs = zip(self.decoder.resblocks, self.decoder.cross_attn, strict=True)
+        for i, (self_block, cross_block) in enumerate(pairs):
+            k, v = self._dec_kv[0, i, :rows], self._dec_kv[1, i, :rows]
+            x = self_block.forward_cached(x, k, v, position, dec_mask)
+            x = self._cross_attend(cross_block, x, i)
+        return self.decoder.logits(x[:, -1])  # (B, V)
+
+    def _cross_attend(self, block: CrossBlock, x: torch.Tensor, layer: int) -> torch.Tensor:
+        k, v = self._cross_kv[layer]
+        if self._rows_per_image is not None:
+            return block.forward_with_kv(x, k, v, self._rows_per_image)
+        idx = self._row_image_device  # rows out of image order: gather a copy per row (rare)
+        return block.forward_with_kv(x, k[idx], v[idx], rows_per_image=1)
+
+    # --- reorder helpers --------------------------------------------------------------------
+    def _gather_into_new(self, buffer: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        shape = list(buffer.shape)
+        shape[2] = index.numel()
+        grown = buffer.new_zeros(shape)
+        grown[:, :, :, :, : self.length] = buffer[:, :, index, :, : self.length]
+        return grown
+
+    def _set_layout(self, row_image: torch.Tensor) -> None:
+        """Pick how cross-attention finds each row's image (row_image: CPU (B,)).
+
+        If the rows form equal-length consecutive runs, one run per image (beam search, and
+        batched decoding after finished images are dropped), the cross K/V are put in run order
+        once and each run folds into the query axis: no per-row copy. Otherwise (rare) K/V are
+        gathered per row at every step.
+        """
+        images, counts = torch.unique_consecutive(row_image, return_counts=True)
+        runs_ok = images.numel() > 0 and bool((counts == counts[0]).all())
+        runs_ok = runs_ok and torch.unique(images).numel() == images.numel()
+        if runs_ok:
+            order = images
+            row_image = torch.arange(images.numel()).repeat_interleave(counts)
+        else:
+            order = torch.unique(row_image)  # sorted images still decoded: drop the others
+            row_image = torch.searchsorted(order, row_image)
+        if not torch.equal(order, torch.arange(self._cross_kv[0][0].shape[0])):
+            index = order.to(self._key_valid.device)
+            self._cross_kv = [(k[index], v[index]) for k, v in self._cross_kv]
+            self._graphs.clear()
+        self._rows_per_image = int(counts[0]) if runs_ok else None
+        if not torch.equal(row_image, self._row_image):
+            # Captured graphs read the gather index by address: replace it only when it changes.
+            self._graphs.clear()
+            self._row_image = row_image
+            self._row_image_device = row_image.to(self._key_valid.device)
+
+
+class _GraphCache:
+    """CUDA graphs of the one-token step, one per (rows, layout) key.
+
+    The first step at a key runs eagerly on a side stream (warm-up, as CUDA graph capture
+    requires); the second captures the step and replays it; later steps only replay. Inputs and
+    outputs go through static buffers; logits are cloned so callers may keep them. Each graph has
+    its own memory pool (replay order across keys is arbitrary) and only the most recent
+    `max_graphs` are kept. If capture fails, graphs are switched off and steps run eagerly.
+    """
+
+    def __init__(self, enabled: bool, max_graphs: int = 3) -> None:
+        self.enabled = enabled
+        self.max_graphs = max_graphs
+        self._seen: set[tuple] = set()
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def clear(self) -> None:
+        self._seen.clear()
+        self._graphs.clear()
+
+    def run(
+        self, key: tuple, step: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor
+    ) -> torch.Tensor:
+        if not self.enabled or torch.is_autocast_enabled("cuda"):
+            return step(tokens)
+        if key in self._graphs:
+            graph, static_in, static_out = self._graphs[key]
+            static_in.copy_(tokens)
+            graph.replay()
+            return static_out.clone()
+        if key not in self._seen:
+            self._seen.add(key)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = step(tokens)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        return self._capture(key, step, tokens)
+
+    def _capture(
+        self, key: tuple, step: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor
+    ) -> torch.Tensor:
+        static_in = tokens.clone()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                static_out = step(static_in)
+        except RuntimeError as exc:  # capture records without running, so no state has changed
+            logger.warning("CUDA graph capture failed (%s); decoding without graphs", exc)
+            self.enabled = False
+            self.clear()
+            return step(tokens)
+        while len(self._graphs) >= self.max_graphs:
+            self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[key] = (graph, static_in, static_out)
+        logger.debug("captured a CUDA graph for decoding step %s", key)
+        graph.replay()  # capture records without running: run this step now
+        return static_out.clone()
