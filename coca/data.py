@@ -25,7 +25,7 @@ import torch
 from coca.world.captions import captions_for
 from coca.world.queries import TRAIN_SEED
 from coca.world.render import render_scene
-from coca.world.scene import item_seed, scene_for_seed
+from coca.world.scene import Scene, item_seed, scene_for_seed
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +124,11 @@ class _Rendered:
     tokens: np.ndarray | None  # (n, K, T) int32
 
 
-def scene_captions(split_seed: int, index: int, count: int) -> list[str]:
+def scene_captions(
+    split_seed: int, index: int, count: int, scene: Scene | None = None
+) -> list[str]:
     """The `count` reference captions of scene `index` of a split (deterministic)."""
-    scene = scene_for_seed(item_seed(split_seed, index))
+    scene = scene or scene_for_seed(item_seed(split_seed, index))
     rng = np.random.default_rng([split_seed, index, _CAPTION_STREAM])
     return captions_for(scene, rng, count)
 
@@ -135,14 +137,14 @@ def _render_into(images: np.ndarray, job: _RenderJob, start: int, stop: int) -> 
     """Render scenes start..stop-1 into images[start:stop]; return their captions."""
     config, captions = job.config, []
     for index in range(start, stop):
-        image = render_scene(
-            scene_for_seed(item_seed(config.split_seed, index)), config.width, config.height
-        )
+        scene = scene_for_seed(item_seed(config.split_seed, index))
+        image = render_scene(scene, config.width, config.height)
         if job.preprocess is not None:
             # The same PIL resize the indexer's decode workers use, so pixels match inference.
             image = job.preprocess.resize_for_model(image)
         images[index] = np.asarray(image)
-        captions.append(scene_captions(config.split_seed, index, config.captions_per_image))
+        texts = scene_captions(config.split_seed, index, config.captions_per_image, scene)
+        captions.append(texts)
     if job.tokenizer is None:
         return _Rendered(captions, None)
     ids = job.tokenizer([text for texts in captions for text in texts]).numpy().astype(np.int32)
@@ -212,6 +214,20 @@ def _to_device(indices: torch.Tensor, device: torch.device) -> torch.Tensor:
     return indices.pin_memory().to(device, non_blocking=True)
 
 
+def _normalizer(preprocess: Any, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (B, 3, S, S) -> normalised float, with mean/std kept on the device.
+
+    preprocess.batch builds its mean/std tensors per call, and each such host->GPU copy waits for
+    the GPU queue; for a small model that stall costs more than the step itself.
+    """
+    config = getattr(preprocess, "config", None)
+    if config is None:
+        return preprocess.batch
+    mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1) * 255  # (1, 3, 1, 1)
+    std = torch.tensor(config.std, device=device).view(1, 3, 1, 1) * 255
+    return lambda pixels: (pixels.float() - mean) / std
+
+
 class GeneratedBatches:
     """Batches drawn from an in-memory pool of rendered scenes, kept on the training device."""
 
@@ -237,7 +253,7 @@ class GeneratedBatches:
         self.tokens = torch.from_numpy(rendered.tokens).long().to(device)  # (N, K, T)
         # Channel-first so a gathered batch is what preprocess.batch takes; (N, 3, S, S) uint8.
         self.images = torch.from_numpy(rendered.images).permute(0, 3, 1, 2).to(device)
-        self.preprocess = preprocess
+        self.normalize = _normalizer(preprocess, device)
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
@@ -248,7 +264,7 @@ class GeneratedBatches:
         rows = torch.randint(n, (self.batch_size,), generator=generator)  # (B,)
         choice = torch.randint(k, (self.batch_size,), generator=generator)  # (B,)
         rows, choice = _to_device(rows, self.device), _to_device(choice, self.device)
-        images = self.preprocess.batch(self.images[rows])  # (B, 3, S, S): normalisation only
+        images = self.normalize(self.images[rows])  # (B, 3, S, S) float
         return Batch(images=images, tokens=self.tokens[rows, choice])
 
     def batches(self, start_step: int, stop_step: int) -> Iterator[Batch]:

@@ -86,7 +86,9 @@ class TrainConfig:
     stop_after: int | None = (
         None  # end this session after this step; the schedule still spans steps
     )
-    time_budget_s: float | None = None  # anneal by wall clock too, ending within this many seconds
+    # Wall-clock seconds for the whole run, data preparation included: the steps get what the
+    # setup left, and the cosine follows the clock when it runs out before `steps` do.
+    time_budget_s: float | None = None
     compile: bool = False  # torch.compile the training forward (slow start, faster steps)
     run_dir: Path | None = None  # checkpoint and logs; default "<output>.run"
 
@@ -202,6 +204,7 @@ class _Trainer:
     """The state of one training session: model, optimizer, data, and where the run stands."""
 
     def __init__(self, config: TrainConfig) -> None:
+        setup_started = time.perf_counter()
         self.config = config
         self.device = resolve_device(config.device)
         self.run_dir = config.resolved_run_dir
@@ -218,10 +221,10 @@ class _Trainer:
         )
         self.forward = torch.compile(training_forward) if config.compile else training_forward
         self.autocast = autocast_for(config.precision, self.device)
-        self.state = self._start_state()
+        self.state = self._start_state(time.perf_counter() - setup_started)
         self.log = LossLog(self.run_dir, self.state.step)
 
-    def _start_state(self) -> RunState:
+    def _start_state(self, setup_seconds: float) -> RunState:
         if self.config.resume:
             state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.record)
             logger.info("resuming %s at step %d", self.run_dir, state.step)
@@ -234,7 +237,11 @@ class _Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.record, indent=2) + "\n"
         (self.run_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
-        return RunState(step=0, train_seconds=0.0)
+        budget = self.config.time_budget_s
+        step_budget = None if budget is None else max(1.0, budget - setup_seconds)
+        if step_budget is not None:
+            logger.info("setup took %.0f s; %.0f s left for the steps", setup_seconds, step_budget)
+        return RunState(step=0, train_seconds=0.0, step_budget_s=step_budget)
 
     def step(self, batch: Batch, lr: float) -> tuple[CocaLossOutput, torch.Tensor]:
         """One optimizer step; returns the (unsynchronised) losses and gradient norm."""
@@ -257,7 +264,7 @@ class _Trainer:
         return losses, grad_norm
 
     def checkpoint(self, step: int, train_seconds: float) -> None:
-        state = RunState(step=step, train_seconds=train_seconds)
+        state = RunState(step, train_seconds, self.state.step_budget_s)
         save_checkpoint(self.run_dir, self.model, self.optimizer, state, self.record)
 
 
@@ -280,7 +287,7 @@ def train(config: TrainConfig, on_step: ProgressCallback | None = None) -> Train
     trainer = _Trainer(config)
     start, seconds_before = trainer.state.step, trainer.state.train_seconds
     stop = min(config.steps, config.stop_after or config.steps)
-    budget = config.time_budget_s
+    budget = trainer.state.step_budget_s
     step, last_loss, out_of_time = start, None, False
     clock = time.perf_counter()
     window_start, window_images = clock, 0

@@ -35,6 +35,7 @@ class ResumeError(Exception):
 class RunState:
     step: int  # optimizer steps finished
     train_seconds: float  # wall-clock seconds spent in steps so far (all sessions)
+    step_budget_s: float | None = None  # seconds the steps may take in all (time-budgeted runs)
 
 
 def config_record(config: Any) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "step": state.step,
         "train_seconds": state.train_seconds,
+        "step_budget_s": -1.0 if state.step_budget_s is None else state.step_budget_s,
         "config": json.dumps(config, sort_keys=True),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -115,7 +117,12 @@ def load_checkpoint(
     torch.set_rng_state(payload["torch_rng"])
     if payload["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    return RunState(step=int(payload["step"]), train_seconds=float(payload["train_seconds"]))
+    budget = float(payload["step_budget_s"])
+    return RunState(
+        step=int(payload["step"]),
+        train_seconds=float(payload["train_seconds"]),
+        step_budget_s=None if budget < 0 else budget,
+    )
 
 
 class LossLog:

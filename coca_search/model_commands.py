@@ -197,7 +197,9 @@ def train_command(
     log_every: int = typer.Option(10, "--log-every", min=1),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in <output>.run."),
     stop_after: int | None = typer.Option(None, "--stop-after", help="End this session here."),
-    time_budget: float | None = typer.Option(None, "--time-budget", help="Seconds of steps."),
+    time_budget: float | None = typer.Option(
+        None, "--time-budget", help="Seconds for the whole run (setup included); anneals by clock."
+    ),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the forward."),
     workers: int = typer.Option(0, "--workers", min=0, help="Render/decode processes; 0 = all."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Default: <output>.run"),

@@ -71,6 +71,9 @@ def test_generated_batches_are_a_function_of_the_step() -> None:
     assert torch.equal(first[2].tokens, again[0].tokens)
     assert not torch.equal(first[0].tokens, first[1].tokens)
     assert (first[0].tokens[:, 0] == tokenizer.sot_token_id).all()
+    rows = torch.randint(10, (6,), generator=step_generator(1, 0))
+    expected = preprocess.batch(source.images[rows])  # the model's own normalisation
+    torch.testing.assert_close(first[0].images, expected, rtol=1e-5, atol=1e-5)
 
 
 def write_images(folder: Path, names: list[str]) -> None:

@@ -120,3 +120,11 @@ def test_train_config_rejects_bad_values(tmp_path: Path) -> None:
         tiny_config(tmp_path, steps=0)
     with pytest.raises(ValueError, match="precision"):
         tiny_config(tmp_path, precision="fp8")
+
+
+def test_train_time_budget_ends_the_run_with_a_bundle(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path / "bundle", steps=100_000, time_budget_s=0.5, log_every=5)
+    result = train(config)
+    assert result.finished and 0 < result.steps_done < 100_000
+    assert result.train_seconds < 5
+    assert (result.bundle / "model.safetensors").is_file()
