@@ -69,6 +69,11 @@ def _like_select(tokens: Sequence[str], match_all: bool) -> Select:
     )
 
 
+def uses_fts5(session: Session) -> bool:
+    """Whether the catalog has the FTS5 table (SQLite); other backends use LIKE."""
+    return session.get_bind().dialect.name == "sqlite"
+
+
 def search_captions(
     session: Session,
     query: str,
@@ -81,7 +86,7 @@ def search_captions(
     tokens = query_tokens(query)
     if not tokens or limit <= 0:
         return []
-    if session.get_bind().dialect.name == "sqlite":
+    if uses_fts5(session):
         stmt = _fts5_select(tokens, match_all)
     else:
         stmt = _like_select(tokens, match_all)

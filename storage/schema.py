@@ -41,12 +41,17 @@ class ImageStatus(str, enum.Enum):
 
 
 class Image(Base):
-    """One file under a library root; `path` is relative to `root`, POSIX separators."""
+    """One file under a library root; `path` is relative to `root`, POSIX separators.
+
+    AUTOINCREMENT: an image id is never reused, so caches keyed by id (thumbnails, a stale vector
+    index) can't show one photo's data for another.
+    """
 
     __tablename__ = "images"
     __table_args__ = (
         UniqueConstraint("root", "path", name="uq_images_root_path"),
         Index("ix_images_root_folder", "root", "folder"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -126,3 +126,12 @@ def test_storage_fulltext_follows_caption_replacement(indexed) -> None:
     )
     assert catalog.search_captions("lighthouse", model_id) == []
     assert [h.image_id for h in catalog.search_captions("windmill", model_id)] == [ids[4]]
+
+
+def test_storage_fulltext_like_fallback_for_other_backends(indexed, monkeypatch) -> None:
+    catalog, model_id, ids = indexed
+    monkeypatch.setattr("storage.fulltext.uses_fts5", lambda session: False)
+    assert [h.image_id for h in catalog.search_captions("RED beach", model_id)] == [ids[2]]
+    any_hits = catalog.search_captions("red beach", model_id, match_all=False)
+    assert any_hits[0].image_id == ids[2] and any_hits[0].score == 2
+    assert catalog.search_captions('100% "_', model_id) == []
