@@ -30,6 +30,7 @@ from coca.world.scene import Scene, item_seed, scene_for_seed
 logger = logging.getLogger(__name__)
 
 _CAPTION_STREAM = 1  # caption rng = default_rng([split, index, 1]), as world.write_library draws
+_SCALE_STREAM = 2  # decides which scenes are rendered at double size
 _RENDER_CHUNK = 256  # images per worker task: big enough to amortise IPC, small for load balance
 
 
@@ -61,10 +62,19 @@ class GeneratedDataConfig:
     width: int = 160  # render size: the library's 4:3 aspect, squashed to the model's square input
     height: int = 120
     captions_per_image: int = 4  # grammar paraphrases kept per scene; one is drawn per step
-    split_seed: int = (
-        TRAIN_SEED  # scene i = scene_for_seed(item_seed(split_seed, i)); eval: another
-    )
+    split_seed: int = TRAIN_SEED  # scene i = scene_for_seed(item_seed(split_seed, i))
     workers: int = 0  # render processes; 0 = one per CPU core
+    # Share of scenes rendered at twice the size before the resize to the model input: library
+    # photos reach the model from ~320x240 (JPEG draft of 640x480), so both scales are seen.
+    double_size_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1 or self.captions_per_image < 1:
+            raise ValueError("pool_size and captions_per_image must be >= 1")
+        if not 0.0 <= self.double_size_fraction <= 1.0:
+            raise ValueError(
+                f"double_size_fraction must lie in [0, 1], got {self.double_size_fraction}"
+            )
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,7 @@ def _render_into(images: np.ndarray, job: _RenderJob, start: int, stop: int) -> 
     config, captions = job.config, []
     for index in range(start, stop):
         scene = scene_for_seed(item_seed(config.split_seed, index))
-        image = render_scene(scene, config.width, config.height)
+        image = render_scene(scene, *_render_size(config, index))
         if job.preprocess is not None:
             # The same PIL resize the indexer's decode workers use, so pixels match inference.
             image = job.preprocess.resize_for_model(image)
@@ -149,6 +159,14 @@ def _render_into(images: np.ndarray, job: _RenderJob, start: int, stop: int) -> 
         return _Rendered(captions, None)
     ids = job.tokenizer([text for texts in captions for text in texts]).numpy().astype(np.int32)
     return _Rendered(captions, ids.reshape(len(captions), config.captions_per_image, -1))
+
+
+def _render_size(config: GeneratedDataConfig, index: int) -> tuple[int, int]:
+    if config.double_size_fraction == 0.0:
+        return config.width, config.height
+    draw = np.random.default_rng([config.split_seed, index, _SCALE_STREAM]).random()
+    scale = 2 if draw < config.double_size_fraction else 1
+    return config.width * scale, config.height * scale
 
 
 def _render_chunk(task: tuple[_RenderJob, int, int]) -> _Rendered:
@@ -170,6 +188,8 @@ def render_scenes(
     with `tokenizer`, the captions are tokenized there too.
     """
     if preprocess is None:
+        if config.double_size_fraction:
+            raise ValueError("double_size_fraction needs a preprocess to bring sizes together")
         shape = (config.pool_size, config.height, config.width, 3)
     else:
         shape = (config.pool_size, preprocess.image_size, preprocess.image_size, 3)

@@ -112,7 +112,7 @@ def _render_size(text: str) -> tuple[int, int]:
 
 def _data_config(
     data: str, captions: Path | None, images: Path | None, pool_size: int, render_size: str,
-    captions_per_image: int, split_seed: int, workers: int,
+    captions_per_image: int, split_seed: int, workers: int, double_size_fraction: float,
 ) -> Any:  # fmt: skip
     from coca.data import FolderDataConfig, GeneratedDataConfig
 
@@ -130,6 +130,7 @@ def _data_config(
         captions_per_image=captions_per_image,
         split_seed=split_seed,
         workers=workers,
+        double_size_fraction=double_size_fraction,
     )
 
 
@@ -181,6 +182,9 @@ def train_command(
     render_size: str = typer.Option("160x120", "--render-size", help="Generated image size WxH."),
     captions_per_image: int = typer.Option(4, "--captions-per-image", min=1),
     split_seed: int = typer.Option(0, "--split-seed", help="Generated scenes' split seed."),
+    double_size_fraction: float = typer.Option(
+        0.0, "--double-size-fraction", help="Share of scenes rendered at twice --render-size."
+    ),
     steps: int = typer.Option(1000, "--steps", min=1),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -209,10 +213,11 @@ def train_command(
     from coca.train import OptimConfig, TrainConfig, train
     from coca.train_state import ResumeError
 
-    data_config = _data_config(
-        data, captions, images, pool_size, render_size, captions_per_image, split_seed, workers
-    )
     try:
+        data_config = _data_config(
+            data, captions, images, pool_size, render_size, captions_per_image, split_seed,
+            workers, double_size_fraction,
+        )  # fmt: skip
         optim = OptimConfig(
             lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
             grad_clip=grad_clip, contrastive_weight=contrastive_weight,

@@ -46,6 +46,7 @@ def recipe(args: argparse.Namespace, bundle: Path) -> TrainConfig:
             captions_per_image=4,
             split_seed=TRAIN_SEED,
             workers=0,
+            double_size_fraction=0.25,  # some at 320x240, the scale library photos arrive at
         ),
         steps=args.steps,
         batch_size=args.batch_size,

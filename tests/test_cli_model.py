@@ -115,6 +115,8 @@ def test_cli_train_flag_errors_are_clear(runner: CliRunner, tmp_path: Path) -> N
     assert result.exit_code == 2 and "--captions" in result.stderr
     result = runner.invoke(cli.app, ["train", out, "--render-size", "big"])
     assert result.exit_code == 2 and "160x120" in result.stderr
+    result = runner.invoke(cli.app, ["train", out, "--double-size-fraction", "2"])
+    assert result.exit_code == 2 and "double_size_fraction" in result.stderr
     args = ["train", out, "--model", "coca_tiny", "--resume", "--device", "cpu"]
     result = runner.invoke(cli.app, [*args, "--pool-size", "4", "--workers", "1"])
     assert result.exit_code == 2 and "nothing to resume" in result.stderr

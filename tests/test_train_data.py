@@ -48,6 +48,19 @@ def test_render_scenes_parallel_equals_serial(monkeypatch: pytest.MonkeyPatch) -
     assert serial.tokens.shape[:2] == (12, 2)
 
 
+def test_render_scenes_double_size_fraction_changes_only_some_images() -> None:
+    plain = GeneratedDataConfig(pool_size=16, width=40, height=30, workers=1)
+    mixed = GeneratedDataConfig(
+        pool_size=16, width=40, height=30, workers=1, double_size_fraction=0.5
+    )
+    a = render_scenes(plain, world_preprocess(32)).images
+    b = render_scenes(mixed, world_preprocess(32)).images
+    differs = [not np.array_equal(x, y) for x, y in zip(a, b, strict=True)]
+    assert 0 < sum(differs) < 16
+    with pytest.raises(ValueError, match="preprocess"):
+        render_scenes(mixed)
+
+
 def test_render_scenes_captions_describe_their_scene() -> None:
     from coca.world import item_seed, parse_caption, scene_for_seed
 
