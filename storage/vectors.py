@@ -88,6 +88,13 @@ def _as_ids(ids: np.ndarray | list[int]) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
 
 
+def _check_ids(ids: np.ndarray, vectors: np.ndarray) -> None:
+    if len(ids) != len(vectors):
+        raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("duplicate ids: pass each image once")
+
+
 def _flat_index(dim: int) -> faiss.Index:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
@@ -140,9 +147,11 @@ class VectorIndex:
     ) -> VectorIndex:
         """An index over (ids, vectors) of the kind its size calls for."""
         dim = dim if dim is not None else int(np.shape(vectors)[1])
+        ids, vectors = _as_ids(ids), normalize(vectors, dim)
+        _check_ids(ids, vectors)
         index = cls(dim, model_id, config)
         with index._lock.write():
-            index._rebuild(_as_ids(ids), normalize(vectors, dim))
+            index._rebuild(ids, vectors)
         return index
 
     def _rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -234,10 +243,7 @@ class VectorIndex:
         """Add vectors under image ids; an id already present gets the new vector."""
         ids = _as_ids(ids)
         vectors = normalize(vectors, self.dim)
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("duplicate ids in one add(): pass each image once")
+        _check_ids(ids, vectors)
         if len(ids) == 0:
             return
         with self._lock.write():

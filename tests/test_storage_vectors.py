@@ -251,3 +251,18 @@ def test_storage_vectors_filter_works_for_dense_and_sparse_ids(offset: int) -> N
     allowed = ids[5::9]
     hits = VectorIndex.from_vectors(ids, x, model_id=1).search(q, 4, allowed_ids=allowed)
     assert np.array_equal(hits.ids, _brute_force(allowed, x[5::9], q, 4))
+
+
+def test_storage_vectors_gpu_failure_falls_back_to_cpu(monkeypatch, caplog) -> None:
+    import faiss
+
+    def no_gpu(index):
+        raise RuntimeError("no CUDA device")
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", no_gpu)
+    x = _unit(50, 0)
+    index = VectorIndex.from_vectors(np.arange(50), x, model_id=1)
+    with caplog.at_level(logging.WARNING, logger="storage.vector_support"):
+        hits = index.search(x[:3], 1)
+    assert hits.ids[:, 0].tolist() == [0, 1, 2] and "GPU search failed" in caplog.text
