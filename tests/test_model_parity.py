@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ def assert_outputs_match(
         assert ours.shape == ref.shape, name
         assert relative_error(ours, ref) <= TOLERANCE, name
     assert torch.equal(got.labels, expected["labels"])
+    if "logit_bias" in expected:
+        assert torch.equal(got.logit_bias, expected["logit_bias"])
+    else:
+        assert got.logit_bias is None
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +113,19 @@ def test_parity_tiny_bin_wrapped_state_dict(tiny_reference: Any, tmp_path: Path)
     torch.save({"state_dict": state, "epoch": 3}, folder / "open_clip_pytorch_model.bin")
     model = coca.load(folder)
     assert model.logit_scale.shape == ()
+    assert_outputs_match(model, reference, image_size=32)
+
+
+def test_parity_tiny_variant_quick_gelu_logit_bias_nonscalar_scale(tmp_path: Path) -> None:
+    config = dataclasses.replace(
+        PRESETS["coca_tiny"], quick_gelu=True, init_logit_bias=-10.0, nonscalar_logit_scale=True
+    )
+    model_cfg = config.to_open_clip()
+    reference = build_open_clip(model_cfg, seed=2)
+    folder = save_open_clip_folder(reference.state_dict(), model_cfg, tmp_path / "variant")
+    model = coca.load(folder)
+    assert model.config == config
+    assert model.logit_scale.shape == (1,) and model.logit_bias is not None
     assert_outputs_match(model, reference, image_size=32)
 
 
