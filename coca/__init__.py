@@ -7,8 +7,11 @@ model.caption([pil_image])
 
 from coca.checkpoint import CheckpointError, load, save_bundle
 from coca.config import PRESETS, CocaConfig, DecoderConfig, TextConfig, VisionConfig, get_config
+from coca.generate import DecodingConfig
 from coca.loss import CocaLoss, CocaLossOutput
 from coca.model import CoCa, CocaOutput, ImageEncoding
+from coca.preprocess import Preprocess, PreprocessConfig
+from coca.tokenizer import Tokenizer
 
 __all__ = [
     "PRESETS",
@@ -19,8 +22,12 @@ __all__ = [
     "CocaLossOutput",
     "CocaOutput",
     "DecoderConfig",
+    "DecodingConfig",
     "ImageEncoding",
+    "Preprocess",
+    "PreprocessConfig",
     "TextConfig",
+    "Tokenizer",
     "VisionConfig",
     "get_config",
     "load",

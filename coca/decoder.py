@@ -71,8 +71,9 @@ def check_rows(rows: torch.Tensor, batch: int) -> torch.Tensor:
             f"reorder expects a 1-D tensor of row indices, got shape {tuple(rows.shape)}"
         )
     rows = rows.to("cpu", torch.long)
-    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= batch):
-        raise ValueError(f"reorder row indices must lie in [0, {batch}), got {rows.tolist()}")
+    low, high = (int(rows.min()), int(rows.max())) if rows.numel() else (0, 0)
+    if rows.numel() and (low < 0 or high >= batch):
+        raise ValueError(f"reorder row indices must lie in [0, {batch}), got {low}..{high}")
     return rows
 
 
@@ -97,6 +98,8 @@ class FullPrefixDecoder:
             raise ValueError(
                 f"step got {tokens.shape[0]} rows but the decoder holds {self.tokens.shape[0]}"
             )
+        if self.tokens.shape[1] + tokens.shape[1] > self.text.context_length:
+            raise ValueError(f"the prefix would exceed context_length={self.text.context_length}")
         self.tokens = torch.cat([self.tokens, tokens], dim=1)  # (B, T)
         _, token_outputs = self.text(self.tokens)  # (B, T, D)
         logits = self.decoder(self.image_tokens[self.row_image], token_outputs)  # (B, T, V)
