@@ -15,7 +15,7 @@ import logging
 import os
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -82,6 +82,10 @@ def index_command(
     ),
     no_captions: bool = typer.Option(False, "--no-captions", help="Embeddings only, no captions."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    # Annotated, so that callers of this function (coca-search demo) may leave it out.
+    threads: Annotated[
+        int, typer.Option("--threads", min=0, max=256, help="torch CPU threads (0: default).")
+    ] = 0,
 ) -> None:
     """Index a photo folder: captions + embeddings into the catalog, vectors into the index."""
     from indexer.decode import DecodeConfig
@@ -92,6 +96,12 @@ def index_command(
     if not photos_dir.is_dir():
         raise _fail(f"{photos_dir} is not a folder; pass the folder that holds your photos")
     layout = DataLayout((data or default_data_dir()).expanduser())
+    if threads:
+        import torch
+
+        # On a busy or small CPU, fewer model threads than cores (leaving room for the decode
+        # workers) avoids OpenMP threads spinning while they wait for a core.
+        torch.set_num_threads(threads)
     loaded = _load_model(model, _device(device))
     catalog = _open_catalog(layout.data_dir)
     config = IndexConfig(

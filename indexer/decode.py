@@ -63,7 +63,9 @@ class DecodeConfig:
     image_size: int = 224  # side S of the model's square input; JPEG draft keeps >= S on each side
     max_pixels: int = 2 * Image.MAX_IMAGE_PIXELS  # larger images are refused (decompression bombs)
     workers: int = 2  # decode threads; about one per free CPU core
-    prefetch_per_worker: int = 8  # files decoded ahead of the consumer, per worker, to hide stalls
+    # Files decoded ahead of the consumer. The indexer raises it to two batches, so the workers
+    # keep decoding the next batch while the model is busy with the current one.
+    prefetch: int = 64
     use_draft: bool = True  # reduced-size JPEG decode; off only to compare against full decodes
 
 
@@ -205,11 +207,11 @@ def decode_all(
 ) -> Iterator[DecodeResult]:
     """Decode files in parallel, yielding results in input order.
 
-    At most `workers * prefetch_per_worker` files are in flight, so memory stays bounded however
+    At most `prefetch` (and at least `workers`) files are in flight, so memory stays bounded however
     long the input is, and the consumer (the model) finds the next image already decoded.
     """
     prepare = prepare or default_prepare(config.image_size)
-    window = max(1, config.workers * config.prefetch_per_worker)
+    window = max(1, config.workers, config.prefetch)
     pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="decode")
     pending: deque[Future[DecodeResult]] = deque()
     try:

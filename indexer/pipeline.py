@@ -64,6 +64,7 @@ class IndexConfig:
 class StageTimes:
     """Where the wall-clock time of a run went (seconds)."""
 
+    open_index: float = 0.0  # loading (or rebuilding) the vector index
     scan: float = 0.0  # walk, diff against the catalog, removals and moves
     decode_wait: float = 0.0  # the model waiting for decoded images
     model: float = 0.0  # vision pass + caption decoding (synchronised)
@@ -142,6 +143,7 @@ def run_index(
         raise NotADirectoryError(f"{config.photos_dir} is not a folder; pass your photo folder")
     model_id = register_model(catalog, model)
     with _exclusive(config.index_path):
+        open_start = time.perf_counter()
         index = open_or_rebuild(catalog, model_id, config.index_path, config.vectors)
         scan_start = time.perf_counter()
         diff = diff_library(root, walk_images(root), catalog.known_files(root.as_posix()))
@@ -161,6 +163,7 @@ def run_index(
         )
         run = _Run(config, model, catalog, index, model_id, root, progress)
         run.times["scan"] = scan_seconds
+        run.times["open_index"] = scan_start - open_start
         run.process(work)
     seconds = time.perf_counter() - started
     return IndexSummary(
@@ -256,7 +259,9 @@ class _Run:
         self.total = len(work)
         self._report()
         decode_config = dataclasses.replace(
-            self.config.decode, image_size=self.model.preprocess.image_size
+            self.config.decode,
+            image_size=self.model.preprocess.image_size,
+            prefetch=max(self.config.decode.prefetch, 2 * self.config.encode.batch_size),
         )
         paths = (self.root / item.file.relative_path for item in work)
         results = decode_all(paths, decode_config, self.model.preprocess.resize_for_model)

@@ -100,7 +100,7 @@ def test_decode_unreadable_file_is_recorded(
 
 def test_decode_all_keeps_input_order_with_many_workers(tmp_path: Path) -> None:
     paths = write_library(tmp_path, 40)
-    results = list(decode_all(paths, DecodeConfig(image_size=16, workers=4, prefetch_per_worker=2)))
+    results = list(decode_all(paths, DecodeConfig(image_size=16, workers=4, prefetch=3)))
     assert [result.path for result in results] == paths
     assert all(result.image is not None for result in results)
 
