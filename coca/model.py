@@ -185,11 +185,15 @@ class CoCa(nn.Module):
 
         return generate(self, image, text, **kwargs)
 
-    def generate_from_tokens(self, image_tokens: torch.Tensor, config: Any = None) -> torch.Tensor:
-        """Captions for already-encoded images; config is a coca.generate.DecodingConfig."""
+    def generate_from_tokens(
+        self, image_tokens: torch.Tensor, config: Any = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Captions for already-encoded images (B, N, D) -> ids (B, T); config is a
+        coca.generate.DecodingConfig (default: the seed's beam search); kwargs go to
+        coca.generate.generate_from_tokens (text, special_tokens, stopping_criteria, generator)."""
         from coca.generate import DecodingConfig, generate_from_tokens
 
-        return generate_from_tokens(self, image_tokens, config or DecodingConfig())
+        return generate_from_tokens(self, image_tokens, config or DecodingConfig(), **kwargs)
 
     @torch.no_grad()
     def caption(self, images: list[Image.Image], **decoding: Any) -> list[str]:

@@ -129,6 +129,7 @@ def test_parity_tiny_variant_quick_gelu_logit_bias_nonscalar_scale(tmp_path: Pat
     assert_outputs_match(model, reference, image_size=32)
 
 
+@pytest.mark.slow
 def test_parity_b32_safetensors_folder(b32_reference: Any, tmp_path: Path) -> None:
     reference, model_cfg = b32_reference
     folder = save_open_clip_folder(reference.state_dict(), model_cfg, tmp_path / "b32")
