@@ -128,3 +128,39 @@ def test_train_time_budget_ends_the_run_with_a_bundle(tmp_path: Path) -> None:
     assert result.finished and 0 < result.steps_done < 100_000
     assert result.train_seconds < 5
     assert (result.bundle / "model.safetensors").is_file()
+
+
+@pytest.mark.slow  # a CLIP-vocabulary (49,408) decoder head, even at tiny width
+def test_train_fine_tunes_an_open_clip_folder_on_captioned_photos(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from coca.config import get_config
+    from coca.data import FolderDataConfig
+    from coca.model import CoCa
+    from tests.conftest import save_open_clip_folder
+
+    config = get_config("coca_tiny")
+    torch.manual_seed(0)
+    source = save_open_clip_folder(
+        CoCa(config).state_dict(), config.to_open_clip(), tmp_path / "open_clip"
+    )
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, color in (("a.jpg", "red"), ("b.png", "blue")):
+        Image.new("RGB", (80, 60), color).save(photos / name)
+    captions = photos / "captions.csv"
+    captions.write_text("file,caption\na.jpg,a red wall\nb.png,the blue sea!\n", encoding="utf-8")
+    run = tiny_config(
+        tmp_path / "tuned",
+        init=str(source),
+        data=FolderDataConfig(captions_file=captions, workers=1),
+        steps=3,
+        batch_size=4,
+    )
+    result = train(run)
+    tuned = coca.load(result.bundle)
+    assert tuned.tokenizer.vocab_size == 49408  # the checkpoint's own CLIP tokenizer
+    assert tuned.preprocess.config.resize_mode == "shortest"  # and its own preprocessing
+    before = coca.load(source).state_dict()["text_decoder.text_projection"]
+    after = tuned.state_dict()["text_decoder.text_projection"]
+    assert not torch.allclose(before.half().float(), after.float())
