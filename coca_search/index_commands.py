@@ -115,6 +115,13 @@ def index_command(
             summary = run_index(config, loaded, catalog, report)
     except IndexerBusyError as error:
         raise _fail(str(error), 3) from error
+    except NotADirectoryError as error:
+        raise _fail(str(error)) from error
+    except RuntimeError as error:
+        if "out of memory" not in str(error).lower():
+            raise
+        message = f"the model ran out of memory at --batch-size {batch_size}; use a smaller one"
+        raise _fail(f"{message} (committed batches are kept)", 4) from error
     except KeyboardInterrupt:
         message = "interrupted; committed batches are kept, run the same command to resume"
         raise _fail(message, 130) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -204,7 +204,7 @@ def decode_or_error(
 
 def decode_all(
     paths: Iterable[Path], config: DecodeConfig, prepare: Prepare | None = None
-) -> Iterator[DecodeResult]:
+) -> Generator[DecodeResult, None, None]:
     """Decode files in parallel, yielding results in input order.
 
     At most `prefetch` (and at least `workers`) files are in flight, so memory stays bounded however

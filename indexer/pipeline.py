@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from indexer.decode import DecodeConfig, DecodedImage, decode_all
+from indexer.decode import DecodeConfig, DecodedImage, DecodeResult, decode_all
 from indexer.encode import BatchEncoder, EncodeConfig, model_identity
 from indexer.scan import FoundFile, ScanDiff, diff_library, walk_images
 from storage import (
@@ -265,6 +265,15 @@ class _Run:
         )
         paths = (self.root / item.file.relative_path for item in work)
         results = decode_all(paths, decode_config, self.model.preprocess.resize_for_model)
+        try:
+            self._consume(work, results)
+        finally:
+            results.close()  # on any exit (Ctrl-C too) stop the decode workers promptly
+        if self.dirty or not self.config.index_path.exists():
+            self._save_index()
+
+    def _consume(self, work: list[WorkItem], results: Iterator[DecodeResult]) -> None:
+        """Group decoded images into batches; each batch is encoded here and committed there."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as committer:
             pending: Future[None] | None = None
             batch = _Batch()
@@ -283,8 +292,6 @@ class _Run:
             if batch.images or batch.failures:
                 pending = self._hand_over(committer, pending, batch)
             self._wait(pending)
-        if self.dirty or not self.config.index_path.exists():
-            self._save_index()
 
     def _hand_over(
         self, committer: ThreadPoolExecutor, pending: Future[None] | None, batch: _Batch
