@@ -132,6 +132,7 @@ class _Rendered:
 
     captions: list[list[str]]
     tokens: np.ndarray | None  # (n, K, T) int32
+    images: np.ndarray | None = None  # (n, H, W, 3) uint8 when there is no shared memory
 
 
 def scene_captions(
@@ -143,16 +144,19 @@ def scene_captions(
     return captions_for(scene, rng, count)
 
 
-def _render_into(images: np.ndarray, job: _RenderJob, start: int, stop: int) -> _Rendered:
-    """Render scenes start..stop-1 into images[start:stop]; return their captions."""
+def _render_into(
+    images: np.ndarray, job: _RenderJob, start: int, stop: int, offset: int = 0
+) -> _Rendered:
+    """Render scenes offset+start .. offset+stop-1 into images[start:stop]; return captions."""
     config, captions = job.config, []
-    for index in range(start, stop):
+    for row in range(start, stop):
+        index = offset + row
         scene = scene_for_seed(item_seed(config.split_seed, index))
         image = render_scene(scene, *_render_size(config, index))
         if job.preprocess is not None:
             # The same PIL resize the indexer's decode workers use, so pixels match inference.
             image = job.preprocess.resize_for_model(image)
-        images[index] = np.asarray(image)
+        images[row] = np.asarray(image)
         texts = scene_captions(config.split_seed, index, config.captions_per_image, scene)
         captions.append(texts)
     if job.tokenizer is None:
@@ -170,13 +174,26 @@ def _render_size(config: GeneratedDataConfig, index: int) -> tuple[int, int]:
 
 
 def _render_chunk(task: tuple[_RenderJob, int, int]) -> _Rendered:
-    """Worker: render a range straight into the parent's shared memory (no pixels in pipes)."""
+    """Worker: render a range, into the parent's shared memory when there is one."""
     job, start, stop = task
+    if job.memory is None:  # pixels travel back through the pipe
+        images = np.zeros((stop - start, *job.shape[1:]), dtype=np.uint8)
+        done = _render_into(images, job, 0, stop - start, offset=start)
+        return _Rendered(done.captions, done.tokens, images)
     memory = SharedMemory(name=job.memory)
     try:
         return _render_into(np.ndarray(job.shape, np.uint8, buffer=memory.buf), job, start, stop)
     finally:
         memory.close()
+
+
+def _shared_memory_fits(nbytes: int) -> bool:
+    """Containers often mount a small /dev/shm; writing past it kills workers with SIGBUS."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize > 1.1 * nbytes
 
 
 def render_scenes(
@@ -199,19 +216,24 @@ def render_scenes(
         job = _RenderJob(config, preprocess, tokenizer, shape)
         done = _render_into(images, job, 0, config.pool_size)
         return RenderedScenes(images, done.captions, done.tokens)
-    memory = SharedMemory(create=True, size=int(np.prod(shape)))
+    nbytes = int(np.prod(shape))
+    memory = SharedMemory(create=True, size=nbytes) if _shared_memory_fits(nbytes) else None
     try:
-        job = _RenderJob(config, preprocess, tokenizer, shape, memory.name)
+        job = _RenderJob(config, preprocess, tokenizer, shape, memory and memory.name)
         starts = range(0, config.pool_size, _RENDER_CHUNK)
         tasks = [(job, start, min(start + _RENDER_CHUNK, config.pool_size)) for start in starts]
         # fork is fastest and safe here (workers touch only numpy and PIL); spawn elsewhere.
         method = "fork" if os.name == "posix" else "spawn"
         with get_context(method).Pool(workers) as pool:
             chunks = list(pool.imap(_render_chunk, tasks))
-        images = np.ndarray(shape, dtype=np.uint8, buffer=memory.buf).copy()
+        if memory is None:
+            images = np.concatenate([chunk.images for chunk in chunks])
+        else:
+            images = np.ndarray(shape, dtype=np.uint8, buffer=memory.buf).copy()
     finally:
-        memory.close()
-        memory.unlink()
+        if memory is not None:
+            memory.close()
+            memory.unlink()
     captions = [texts for chunk in chunks for texts in chunk.captions]
     tokens = None if tokenizer is None else np.concatenate([chunk.tokens for chunk in chunks])
     return RenderedScenes(images, captions, tokens)

@@ -46,6 +46,10 @@ def test_render_scenes_parallel_equals_serial(monkeypatch: pytest.MonkeyPatch) -
     assert serial.captions == parallel.captions
     np.testing.assert_array_equal(serial.tokens, parallel.tokens)
     assert serial.tokens.shape[:2] == (12, 2)
+    monkeypatch.setattr(coca.data, "_shared_memory_fits", lambda nbytes: False)  # tiny /dev/shm
+    piped = render_scenes(parallel_config, world_preprocess(32), world_tokenizer())
+    np.testing.assert_array_equal(serial.images, piped.images)
+    assert serial.captions == piped.captions
 
 
 def test_render_scenes_double_size_fraction_changes_only_some_images() -> None:
