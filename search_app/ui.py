@@ -128,7 +128,8 @@ def photo_grid(
     for start in range(0, len(tiles), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS, gap="medium")
         for column, tile in zip(columns, tiles[start : start + GRID_COLUMNS], strict=False):
-            with column.container(border=True):
+            # The key gives the tile a stable CSS class (st-key-...) for browser tests.
+            with column.container(border=True, key=f"{key}-tile-{tile.id}"):
                 _tile(tile, on_similar, key)
 
 
@@ -140,20 +141,22 @@ def _tile(tile: Tile, on_similar: Callable[[int], None] | None, key: str) -> Non
         facts.append(tile.note)
     if facts:
         st.caption(" · ".join(facts))
-    st.caption(escape(str(tile.path)), help=str(tile.path))
+    st.caption(escape(short_path(tile.path)), help=escape(str(tile.path)))
     actions = st.container(horizontal=True, vertical_alignment="center", gap="small")
-    actions.page_link(
-        DETAIL_PAGE, label="Details", icon=":material/info:", query_params={"id": str(tile.id)}
-    )
+    actions.page_link(DETAIL_PAGE, label="Details", query_params={"id": str(tile.id)})
     if on_similar is not None:
         actions.button(
             "More like this",
             key=f"{key}-like-{tile.id}",
             on_click=on_similar,
             args=(tile.id,),
-            icon=":material/auto_awesome_mosaic:",
             type="tertiary",
         )
+
+
+def short_path(path: Path) -> str:
+    """The file's folder and name: enough to recognise it in a tile (the tooltip has it all)."""
+    return "/".join(path.parts[-2:]) if len(path.parts) > 2 else str(path)
 
 
 def escape(text: str) -> str:

@@ -45,8 +45,8 @@ def _search(app: AppTest, query: str) -> AppTest:
 
 
 def _result_paths(app: AppTest) -> list[str]:
-    # Each tile ends with its path as a caption whose help text is the unescaped path.
-    return [c.help for c in app.caption if c.help]
+    # Each tile shows its path as a caption whose help (tooltip) is the full path, escaped.
+    return [c.help.replace("\\", "") for c in app.caption if c.help]
 
 
 def test_app_search_empty_data_folder_explains_how_to_index(
@@ -205,9 +205,10 @@ def test_app_detail_shows_caption_provenance_and_metadata(
     assert not app.exception
     assert app.subheader[0].value.replace("\\", "") == detail.caption.text
     assert library.model in app.caption[0].value.replace("\\", "")
-    assert "generation_type" in app.code[0].value  # decoding settings
-    assert app.code[1].value == str(detail.image.abs_path)
-    assert "160 × 120 px" in app.markdown[0].value
+    assert "generation_type=greedy" in app.caption[1].value.replace("\\", "")
+    facts = app.markdown[0].value.replace("\\", "")
+    assert f"**Path:** {detail.image.abs_path}" in facts
+    assert "160 × 120 px" in facts and "**Camera:** coca-world procedural camera" in facts
     assert app.subheader[1].value == "Similar photos"
 
 

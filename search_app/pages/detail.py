@@ -6,7 +6,6 @@ path, a bogus number) shows the same "not found" and nothing more.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -47,13 +46,14 @@ def _caption(detail: ImageDetail) -> None:
         f"{caption.created_at:%Y-%m-%d %H:%M}"
         + (f", score {caption.score:.3f}" if caption.score is not None else "")
     )
-    with st.expander("Decoding settings"):
-        st.code(json.dumps(caption.decoding, indent=2, sort_keys=True), language="json")
+    settings = ", ".join(f"{name}={value}" for name, value in sorted(caption.decoding.items()))
+    st.caption(f"Decoding settings: {ui.escape(settings or 'not recorded')}")
 
 
 def _metadata(detail: ImageDetail) -> None:
     image = detail.image
     facts = {
+        "Path": str(image.abs_path),
         "Dimensions": f"{image.width} × {image.height} px" if image.width else "unknown",
         "Format": image.format or "unknown",
         "File size": ui.format_size(image.size),
@@ -62,7 +62,6 @@ def _metadata(detail: ImageDetail) -> None:
         "Indexed at": ui.format_date(image.indexed_at) or "unknown",
     }
     st.markdown("\n".join(f"- **{name}:** {ui.escape(value)}" for name, value in facts.items()))
-    st.code(str(image.abs_path), language=None, wrap_lines=True)
 
 
 def _similar(image_id: int) -> None:
