@@ -144,10 +144,14 @@ class VectorIndex:
         model_id: int,
         config: VectorIndexConfig | None = None,
         dim: int | None = None,
+        copy: bool = True,
     ) -> VectorIndex:
-        """An index over (ids, vectors) of the kind its size calls for."""
+        """An index over (ids, vectors) of the kind its size calls for.
+
+        `copy=False` lets it normalise `vectors` in place (the caller gives the array up).
+        """
         dim = dim if dim is not None else int(np.shape(vectors)[1])
-        ids, vectors = _as_ids(ids), normalize(vectors, dim)
+        ids, vectors = _as_ids(ids), normalize(vectors, dim, copy=copy)
         _check_ids(ids, vectors)
         index = cls(dim, model_id, config)
         with index._lock.write():
@@ -364,7 +368,7 @@ def open_or_rebuild(
     logger.warning("rebuilding vector index %s from the catalog: %s", path, reason)
     snapshot = catalog.embedding_snapshot(model_id)
     index = VectorIndex.from_vectors(
-        snapshot.ids, snapshot.vectors, model_id, config, dim=model.embed_dim
+        snapshot.ids, snapshot.vectors, model_id, config, dim=model.embed_dim, copy=False
     )
     if save:
         index.save(path, snapshot.fingerprint.token)

@@ -266,3 +266,15 @@ def test_storage_vectors_gpu_failure_falls_back_to_cpu(monkeypatch, caplog) -> N
     with caplog.at_level(logging.WARNING, logger="storage.vector_support"):
         hits = index.search(x[:3], 1)
     assert hits.ids[:, 0].tolist() == [0, 1, 2] and "GPU search failed" in caplog.text
+
+
+def test_storage_vectors_normalize_copies_unless_told_not_to() -> None:
+    from storage.vector_support import normalize
+
+    x = np.full((3, DIM), 2.0, np.float32)
+    assert np.allclose(np.linalg.norm(normalize(x, DIM), axis=1), 1) and x[0, 0] == 2.0
+    same = normalize(x, DIM, copy=False)
+    assert same is x and np.allclose(np.linalg.norm(x, axis=1), 1)
+    frozen = np.frombuffer(np.ones(DIM, np.float32).tobytes(), np.float32).reshape(1, DIM)
+    assert normalize(frozen, DIM, copy=False)[0, 0] == pytest.approx(DIM**-0.5)
+    assert normalize(np.zeros((1, DIM)), DIM).sum() == 0  # zero rows stay zero, no NaN
