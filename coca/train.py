@@ -23,14 +23,8 @@ from typing import Any
 
 import torch
 
-from coca.data import (
-    Batch,
-    BatchSource,
-    FolderBatches,
-    FolderDataConfig,
-    GeneratedBatches,
-    GeneratedDataConfig,
-)
+from coca.data import Batch, BatchSource, GeneratedBatches, GeneratedDataConfig
+from coca.folder_data import FolderBatches, FolderDataConfig
 from coca.loss import CocaLoss, CocaLossOutput
 from coca.model import CoCa, CocaOutput
 from coca.recipe import build_model

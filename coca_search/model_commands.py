@@ -114,7 +114,8 @@ def _data_config(
     data: str, captions: Path | None, images: Path | None, pool_size: int, render_size: str,
     captions_per_image: int, split_seed: int, workers: int, double_size_fraction: float,
 ) -> Any:  # fmt: skip
-    from coca.data import FolderDataConfig, GeneratedDataConfig
+    from coca.data import GeneratedDataConfig
+    from coca.folder_data import FolderDataConfig
 
     if data == "folder":
         if captions is None:

@@ -13,14 +13,12 @@ from PIL import Image
 import coca.data
 from coca.data import (
     DataError,
-    FolderBatches,
-    FolderDataConfig,
     GeneratedBatches,
     GeneratedDataConfig,
-    read_caption_table,
     render_scenes,
     step_generator,
 )
+from coca.folder_data import FolderBatches, FolderDataConfig, read_caption_table
 from coca.recipe import world_preprocess, world_tokenizer
 
 CPU = torch.device("cpu")

@@ -135,7 +135,7 @@ def test_train_fine_tunes_an_open_clip_folder_on_captioned_photos(tmp_path: Path
     from PIL import Image
 
     from coca.config import get_config
-    from coca.data import FolderDataConfig
+    from coca.folder_data import FolderDataConfig
     from coca.model import CoCa
     from tests.conftest import save_open_clip_folder
 
