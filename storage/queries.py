@@ -69,6 +69,12 @@ def _fingerprint(session: Session, model_id: int) -> EmbeddingFingerprint:
     return EmbeddingFingerprint(model_id, int(count), int(max_id or 0), int(id_sum or 0))
 
 
+def _id_chunks(image_ids: list[int] | None) -> list[list[int] | None]:
+    if image_ids is None:
+        return [None]
+    return [image_ids[i : i + _CHUNK] for i in range(0, len(image_ids), _CHUNK)]
+
+
 def _order_by(order: ImageOrder) -> tuple:
     if order == "path":
         return (Image.root, Image.path)
@@ -137,27 +143,37 @@ class CatalogQueries:
         embed_dim = session.execute(select(Model.embed_dim).where(Model.id == model_id)).scalar()
         if embed_dim is None:
             raise KeyError(f"model {model_id} is not in the catalog")
-        stmt = select(Embedding.image_id, Embedding.vector).where(Embedding.model_id == model_id)
-        parts = (
-            [None]
-            if image_ids is None
-            else [image_ids[i : i + _CHUNK] for i in range(0, len(image_ids), _CHUNK)]
-        )
-        ids: list[np.ndarray] = []
-        vectors: list[np.ndarray] = []
-        for part in parts:
-            query = stmt if part is None else stmt.where(Embedding.image_id.in_(part))
-            result = session.execute(
-                query.order_by(Embedding.image_id).execution_options(yield_per=EMBEDDING_BATCH)
+        table = Embedding.__table__
+        where = [table.c.model_id == model_id]
+        if image_ids is None:
+            id_stmt = select(table.c.image_id).where(*where).order_by(table.c.image_id)
+            ids = np.asarray(session.connection().execute(id_stmt).scalars().all(), np.int64)
+        else:
+            ids = np.asarray(image_ids, np.int64)
+        vectors = np.empty((len(ids), embed_dim), np.float32)
+        found = np.zeros(len(ids), bool)
+        # Blobs stream in storage order (no sort of 2 KB rows) and land at their id's row.
+        stmt = select(table.c.image_id, table.c.vector).order_by(table.c.id)
+        for part in _id_chunks(image_ids):
+            query = (
+                stmt.where(*where)
+                if part is None
+                else stmt.where(*where, table.c.image_id.in_(part))
+            )
+            result = session.connection().execute(
+                query.execution_options(yield_per=EMBEDDING_BATCH)
             )
             for rows in result.partitions():
-                ids.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
-                # One join + one frombuffer per batch instead of per row.
-                flat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
-                vectors.append(flat.reshape(len(rows), embed_dim))
-        if not ids:
-            return np.empty(0, np.int64), np.empty((0, embed_dim), np.float32)
-        return np.concatenate(ids), np.concatenate(vectors).astype(np.float32, copy=False)
+                batch_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                at = np.searchsorted(ids, batch_ids)
+                flat = np.frombuffer(
+                    b"".join(r[1] for r in rows), dtype="<f4"
+                )  # one copy per batch
+                vectors[at] = flat.reshape(len(rows), embed_dim)
+                found[at] = True
+        if image_ids is not None and not found.all():
+            ids, vectors = ids[found], vectors[found]
+        return ids, vectors
 
     # -- images ----------------------------------------------------------------------------------
 
