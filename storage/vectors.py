@@ -30,6 +30,7 @@ from storage.vector_support import GpuMirror, ReadWriteLock, id_selector, ivf_co
 
 if TYPE_CHECKING:
     from storage.catalog import Catalog
+    from storage.records import EmbeddingFingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,16 @@ def _flat_index(dim: int) -> faiss.Index:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
+def _gpu_clustering_index(dim: int) -> faiss.Index | None:
+    if faiss.get_num_gpus() == 0:
+        return None
+    try:
+        return faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dim))
+    except (RuntimeError, AttributeError) as error:
+        logger.warning("faiss GPU k-means unavailable (%s); training on the CPU", error)
+        return None
+
+
 def _train_ivf(vectors: np.ndarray, config: VectorIndexConfig) -> faiss.IndexIVFScalarQuantizer:
     rows, dim = vectors.shape
     nlist = config.nlist or auto_nlist(rows)
@@ -114,7 +125,11 @@ def _train_ivf(vectors: np.ndarray, config: VectorIndexConfig) -> faiss.IndexIVF
     index.cp.seed = config.seed
     sample_size = min(rows, nlist * config.train_points_per_list)
     sample = np.random.default_rng(config.seed).choice(rows, sample_size, replace=False)
+    gpu_assign = _gpu_clustering_index(dim) if config.use_gpu else None
+    if gpu_assign is not None:
+        index.clustering_index = gpu_assign  # k-means assignment on the GPU(s)
     index.train(vectors[np.sort(sample)])
+    index.clustering_index = None  # gpu_assign (kept alive until here) is only for training
     return index
 
 
@@ -357,7 +372,7 @@ def open_or_rebuild(
     fingerprint = catalog.embedding_fingerprint(model_id)
     try:
         index = VectorIndex.load(path, config)
-        reason = _stale_reason(index, model_id, model.embed_dim, fingerprint.token, config)
+        reason = _stale_reason(index, model.embed_dim, fingerprint, config)
     except FileNotFoundError:
         reason = "no index file yet"
     except IndexFileError as error:
@@ -376,15 +391,15 @@ def open_or_rebuild(
 
 
 def _stale_reason(
-    index: VectorIndex, model_id: int, dim: int, fingerprint: str, config: VectorIndexConfig
+    index: VectorIndex, dim: int, fingerprint: EmbeddingFingerprint, config: VectorIndexConfig
 ) -> str | None:
-    if index.model_id != model_id:
-        return f"file is for model {index.model_id}, not {model_id}"
+    if index.model_id != fingerprint.model_id:
+        return f"file is for model {index.model_id}, not {fingerprint.model_id}"
     if index.dim != dim:
         return f"file has dimension {index.dim}, the model {dim}"
-    if index.fingerprint != fingerprint:
-        return f"catalog changed since it was saved ({index.fingerprint} -> {fingerprint})"
-    rows = int(fingerprint.split(":")[1])
+    if index.fingerprint != fingerprint.token:
+        return f"catalog changed since it was saved ({index.fingerprint} -> {fingerprint.token})"
+    rows = fingerprint.count
     if index.ntotal != rows:
         return f"file holds {index.ntotal} vectors, the catalog {rows}"
     if expected_kind(rows, index.kind, config) != index.kind:
