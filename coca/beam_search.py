@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from coca.decoding import IncrementalDecoder
-from coca.sampling import LaggedSnapshot, StoppingCriterion, process_scores, stopped_rows
+from coca.sampling import (
+    LaggedSnapshot,
+    StoppingCriterion,
+    process_scores,
+    rows_to_keep,
+    stopped_rows,
+)
 
 if TYPE_CHECKING:
     from coca.generate import DecodingConfig, SpecialTokens
@@ -151,13 +157,11 @@ def beam_search(
         if done_before is not None:
             if done_before.all():
                 break  # every image was done before step t, which changed nothing
-            if done_before.any():
-                _write_best(
-                    beams, torch.from_numpy(done_before).to(prompt.device), out, out_len, out_scores
-                )
-                kept = beams.select_images(
-                    torch.from_numpy(~done_before).nonzero()[:, 0].to(prompt.device)
-                )
+            keep = rows_to_keep(done_before)
+            if keep is not None:  # drop finished images: their hypotheses are final
+                done_now = torch.from_numpy(done_before).to(prompt.device)
+                _write_best(beams, done_now, out, out_len, out_scores)
+                kept = beams.select_images(torch.from_numpy(keep).to(prompt.device))
                 rows, step = rows[kept], _Step(rows=step.rows[kept], tokens=step.tokens[kept])
                 snapshot.clear()  # its flags index the images before this selection
         decoder.reorder(rows)  # one KV-cache gather per step: follow the beams, drop done images

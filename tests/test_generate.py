@@ -274,6 +274,19 @@ def test_beam_search_matches_reference_implementation(
         assert result.scores[b].item() == pytest.approx(score, rel=1e-5)
 
 
+def test_beam_search_drops_finished_images_without_changing_results() -> None:
+    lm = HashLM(seed=20, eos_slope=0.5)
+    tokens = image_tokens(8, seed=20)
+    config = DecodingConfig(num_beams=4, num_beam_groups=2, seq_len=20, min_seq_len=2)
+    decoder = CachedDecoder(lm, tokens)
+    result = beam_search(decoder, torch.full((8, 1), SOT), config, SPECIAL)
+    assert min(decoder.row_counts[1:]) < 8 * 4, "finished images should leave the decoder"
+    for b in range(8):
+        row, score = reference_beam_search(lm, tokens[b : b + 1], config, [SOT])
+        assert result.tokens[b, : len(row)].tolist() == row
+        assert result.scores[b].item() == pytest.approx(score, rel=1e-5)
+
+
 def test_beam_search_score_matches_rescoring_from_scratch() -> None:
     lm = HashLM(seed=8)
     tokens = image_tokens(6, seed=8)
