@@ -196,7 +196,7 @@ def evaluate(model: Any, config: EvalConfig) -> EvalReport:
     for category in CATEGORIES:
         texts = queries[category]
         if not texts:
-            logger.warning("no %s query has %d matches in the held-out set", category, config.k)
+            logger.warning("no %s query matches %d held-out images", category, config.min_matches)
             continue
         relevant = query_relevance(texts, held_out.scenes)
         precision = text_to_image_precision(

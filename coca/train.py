@@ -262,18 +262,31 @@ class _Trainer:
         save_checkpoint(self.run_dir, self.model, self.optimizer, state, self.record)
 
 
-def _log_record(
-    step: int, lr: float, losses: CocaLossOutput, grad_norm: torch.Tensor, speed: float
-) -> dict[str, Any]:
-    return {
-        "step": step,
-        "lr": lr,
-        "loss": losses.total.item(),
-        "contrastive": losses.contrastive.item(),
-        "caption": losses.caption.item(),
-        "grad_norm": grad_norm.item(),
-        "images_per_s": round(speed, 1),
-    }
+class _Window:
+    """Images since the last log record, for its throughput figure."""
+
+    def __init__(self, clock: float, seconds_before: float) -> None:
+        self.clock, self.seconds_before = clock, seconds_before  # this session's start
+        self.start, self.images = clock, 0
+
+    def record(
+        self, step: int, lr: float, losses: CocaLossOutput, grad_norm: torch.Tensor
+    ) -> dict[str, Any]:
+        """The log record of `step` (reading the losses waits for the GPU), and a new window."""
+        now = time.perf_counter()
+        speed = self.images / max(now - self.start, 1e-9)
+        elapsed = self.seconds_before + now - self.clock
+        self.start, self.images = now, 0
+        return {
+            "step": step,
+            "lr": lr,
+            "loss": losses.total.item(),
+            "contrastive": losses.contrastive.item(),
+            "caption": losses.caption.item(),
+            "grad_norm": grad_norm.item(),
+            "images_per_s": round(speed, 1),
+            "elapsed_s": round(elapsed, 2),
+        }
 
 
 def train(config: TrainConfig, on_step: ProgressCallback | None = None) -> TrainResult:
@@ -284,7 +297,7 @@ def train(config: TrainConfig, on_step: ProgressCallback | None = None) -> Train
     budget = trainer.state.step_budget_s
     step, last_loss, out_of_time = start, None, False
     clock = time.perf_counter()
-    window_start, window_images = clock, 0
+    window = _Window(clock, seconds_before)
     for batch in trainer.data.batches(start, stop):
         elapsed = seconds_before + time.perf_counter() - clock
         time_fraction = elapsed / budget if budget else 0.0
@@ -295,19 +308,20 @@ def train(config: TrainConfig, on_step: ProgressCallback | None = None) -> Train
         lr = learning_rate(step, config.steps, config.optim, time_fraction)
         losses, grad_norm = trainer.step(batch, lr)
         step += 1
-        window_images += config.batch_size
+        window.images += config.batch_size
         speed = None
         if step % config.log_every == 0 or step == stop:
-            now = time.perf_counter()
-            speed = window_images / max(now - window_start, 1e-9)
-            record = _log_record(step, lr, losses, grad_norm, speed)
-            record["elapsed_s"] = round(seconds_before + now - clock, 2)
+            record = window.record(step, lr, losses, grad_norm)
             trainer.log.write(record)
-            last_loss, window_start, window_images = record["loss"], now, 0
+            last_loss, speed = record["loss"], record["images_per_s"]
         if on_step is not None:
             on_step(StepReport(step, config.steps, lr, last_loss if speed else None, speed))
         if step % config.checkpoint_every == 0 and step < stop:
             trainer.checkpoint(step, seconds_before + time.perf_counter() - clock)
+    if window.images and step > start:  # the clock ended the run between two log steps
+        record = window.record(step, lr, losses, grad_norm)
+        trainer.log.write(record)
+        last_loss = record["loss"]
     train_seconds = seconds_before + time.perf_counter() - clock
     trainer.checkpoint(step, train_seconds)
     finished = step >= config.steps or out_of_time

@@ -132,6 +132,7 @@ class LossLog:
         self.path = run_dir / LOG_FILE
         run_dir.mkdir(parents=True, exist_ok=True)
         self._drop_records_from(start_step)
+        self.path.touch()
 
     def _drop_records_from(self, step: int) -> None:
         """A resumed run re-logs the steps after its checkpoint: drop their stale records."""

@@ -108,7 +108,8 @@ def main() -> None:
     logger.info("torch %s, cuda %s", torch.__version__, torch.cuda.is_available())
     result = train(recipe(args, bundle), on_step=progress(500))
     for name in ("train_config.json", "train_log.jsonl", "train_summary.json"):
-        shutil.copy(result.run_dir / name, records / name)
+        if (result.run_dir / name).is_file():
+            shutil.copy(result.run_dir / name, records / name)
     logger.info("training done after %.0f s in all", time.perf_counter() - started)
 
     import coca

@@ -128,6 +128,8 @@ def test_train_time_budget_ends_the_run_with_a_bundle(tmp_path: Path) -> None:
     assert result.finished and 0 < result.steps_done < 100_000
     assert result.train_seconds < 5
     assert (result.bundle / "model.safetensors").is_file()
+    last = read_log(result.run_dir)[-1]  # logged even though the clock ended it off a log step
+    assert last["step"] == result.steps_done and last["loss"] == result.final_loss
 
 
 @pytest.mark.slow  # a CLIP-vocabulary (49,408) decoder head, even at tiny width
