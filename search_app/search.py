@@ -318,8 +318,9 @@ class SearchEngine:
             order = sorted(fused, key=lambda i: -fused[i])
             self._score_missing(model_id, query, order, scores)
         details = {d.image.id: d for d in self.catalog.get_images(order[: options.k], model_id)}
+        caption_matches = set(text_hits or ())
         results = [
-            _result(details[i], scores.get(i, -1.0), fused.get(i), i in set(text_hits or ()))
+            _result(details[i], scores.get(i, -1.0), fused.get(i), i in caption_matches)
             for i in order[: options.k]
             if i in details
         ]

@@ -186,3 +186,16 @@ def test_search_sees_photos_indexed_after_it_opened(
     write_photo(photos / "late.jpg", seed=77)
     index_folder(photos, tmp_path / "data", tiny_model)
     assert len(engine.search_text("x", k=10).results) == 4
+
+
+def test_search_rebuilds_in_memory_from_a_corrupt_index_file(
+    indexed: Path, tiny_model: torch.nn.Module, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(indexed / "data", data)
+    index_files = list(data.glob("vectors-model*.faiss"))
+    assert index_files
+    index_files[0].write_bytes(b"not a faiss file")
+    engine = open_engine(data, tiny_model)
+    assert len(engine.search_text("noise", k=13).results) == 13
+    assert index_files[0].read_bytes() == b"not a faiss file"  # readers never write the index
