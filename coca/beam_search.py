@@ -140,9 +140,8 @@ def beam_search(
 
     t = prompt_len
     for t in range(prompt_len, seq_len):
-        scores = logits.float() if raw_logit_scores else logits.float().log_softmax(dim=-1)
-        scores = process_scores(scores, beams.seqs[:, :t], config, special)  # (A*K, V)
-        step = _advance(beams, scores, t, config.length_penalty, special)
+        candidates = _row_candidates(logits, beams.seqs[:, :t], config, special, raw_logit_scores)
+        step = _advance(beams, candidates, t, config.length_penalty, special)
         beams.seqs = beams.seqs[step.rows]
         beams.seqs[:, t] = step.tokens
         if t == seq_len - 1:
@@ -200,15 +199,54 @@ def _start_beams(
     )
 
 
+@dataclass(frozen=True)
+class _Candidates:
+    scores: torch.Tensor  # (A*K, C) next-token scores of each beam (log-probs or raw logits)
+    tokens: torch.Tensor | None  # (A*K, C) their token ids; None: all V tokens in order (C = V)
+
+
+def _row_candidates(
+    logits: torch.Tensor,
+    previous: torch.Tensor,
+    config: DecodingConfig,
+    special: SpecialTokens,
+    raw_logit_scores: bool,
+) -> _Candidates:
+    """Each beam's best next tokens, enough to contain its group's top 2S candidates.
+
+    A group's 2S best (beam, token) pairs hold at most 2S tokens of any one beam, and those are
+    that beam's 2S best, so ranking per beam first is exact and never writes a (A*K, V) tensor:
+    the log-softmax is logit - logsumexp, one read of the logits. <end_of_text> before
+    min_seq_len is dropped from 2S + 1 candidates instead of masking a copy of the logits. The
+    repetition penalty changes scores token by token, so it takes the full-vocabulary path.
+    """
+    s2 = 2 * (config.num_beams // config.num_beam_groups)
+    x = logits.float()  # (A*K, V)
+    norm = 0.0 if raw_logit_scores else torch.logsumexp(x, dim=-1, keepdim=True)  # (A*K, 1)
+    if config.repetition_penalty != 1.0:
+        return _Candidates(process_scores(x - norm, previous, config, special), None)
+    forbid_eos = previous.shape[1] < config.min_seq_len
+    top, tokens = x.topk(min(s2 + forbid_eos, x.shape[-1]), dim=-1)  # (A*K, 2S[+1])
+    if forbid_eos:
+        top = top.masked_fill(tokens == special.eos, NEG_INF)
+        top, keep = top.topk(s2, dim=-1)
+        tokens = tokens.gather(-1, keep)
+    return _Candidates(top - norm, tokens)
+
+
 def _advance(
-    beams: _Beams, scores: torch.Tensor, t: int, length_penalty: float, special: SpecialTokens
+    beams: _Beams, candidates: _Candidates, t: int, length_penalty: float, special: SpecialTokens
 ) -> _Step:
     """One beam step for every active group; updates beams' scores, hyps and done flags in place."""
     a, g, s = beams.scores.shape
-    vocab = scores.shape[-1]
-    total = scores.view(a, g, s, vocab) + beams.scores[..., None]  # (A, G, S, V)
-    top, flat = total.view(a, g, s * vocab).topk(2 * s, dim=-1)  # (A, G, 2S), best first
-    src, token = flat // vocab, flat % vocab  # beam within the group, token
+    c = candidates.scores.shape[-1]
+    total = candidates.scores.view(a, g, s, c) + beams.scores[..., None]  # (A, G, S, C)
+    top, flat = total.view(a, g, s * c).topk(2 * s, dim=-1)  # (A, G, 2S), best first
+    src = flat // c  # beam within the group
+    if candidates.tokens is None:
+        token = flat % c
+    else:
+        token = candidates.tokens.view(a, g, s * c).gather(-1, flat)
     is_eos = token == special.eos
     first_row = (torch.arange(a, device=top.device)[:, None] * (g * s)) + (
         torch.arange(g, device=top.device) * s

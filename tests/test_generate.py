@@ -184,6 +184,9 @@ def reference_beam_search(
                 logp = next_logprobs(lm, tokens_1, row)
                 if t < config.min_seq_len:
                     logp[EOS] = -float("inf")
+                for v in set(row):  # transformers' repetition penalty, applied to log-probs
+                    penalty = config.repetition_penalty
+                    logp[v] = logp[v] * penalty if logp[v] < 0 else logp[v] / penalty
                 candidates += [(score + logp[v], j, v) for v in range(VOCAB)]
             candidates = sorted(candidates, key=lambda c: -float(c[0]))[: 2 * s]
             new_beams = []
@@ -249,11 +252,23 @@ def test_greedy_equals_seed_top_k_with_k_1() -> None:
 
 
 @pytest.mark.parametrize(
-    ("num_beams", "groups", "length_penalty", "min_seq_len", "lm_seed"),
-    [(4, 2, 1.0, 5, 0), (6, 3, 1.0, 3, 1), (3, 1, 0.5, 2, 2), (4, 1, 2.0, 6, 4), (2, 2, 1.0, 1, 7)],
+    ("num_beams", "groups", "length_penalty", "min_seq_len", "repetition_penalty", "lm_seed"),
+    [
+        (4, 2, 1.0, 5, 1.0, 0),
+        (6, 3, 1.0, 3, 1.0, 1),
+        (3, 1, 0.5, 2, 1.0, 2),
+        (4, 1, 2.0, 6, 1.0, 4),
+        (2, 2, 1.0, 1, 1.0, 7),
+        (4, 2, 1.0, 3, 1.3, 21),
+    ],
 )
 def test_beam_search_matches_reference_implementation(
-    num_beams: int, groups: int, length_penalty: float, min_seq_len: int, lm_seed: int
+    num_beams: int,
+    groups: int,
+    length_penalty: float,
+    min_seq_len: int,
+    repetition_penalty: float,
+    lm_seed: int,
 ) -> None:
     lm = HashLM(seed=lm_seed, eos_slope=0.25)
     config = DecodingConfig(
@@ -261,6 +276,7 @@ def test_beam_search_matches_reference_implementation(
         num_beam_groups=groups,
         length_penalty=length_penalty,
         min_seq_len=min_seq_len,
+        repetition_penalty=repetition_penalty,
         seq_len=11,
     )
     tokens = image_tokens(5, seed=lm_seed)
