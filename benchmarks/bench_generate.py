@@ -171,7 +171,7 @@ def reference_in_subprocess(args: argparse.Namespace, name: str, work: Path) -> 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(work)]
     cmd += ["--reference-job", str(work / "job.json")]
     env = {**os.environ, "PYTHONNOUSERSITE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420)
     if proc.returncode != 0 or not (work / "ref_result.json").is_file():
         return {"error": (proc.stderr or proc.stdout)[-3000:]}
     return json.loads((work / "ref_result.json").read_text())
