@@ -114,15 +114,21 @@ class BatchEncoder:
         return EncodedBatch(embeddings, captions, time.perf_counter() - start)
 
     def _to_device(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Stack (3, S, S) images into a (B, 3, S, S) batch on the model's device.
+
+        Decoded images are channel-last in memory (Pillow's layout) seen through a permuted view;
+        stacking them channel-last is a plain copy, and the batch stays a channel-last view.
+        """
+        channels_last = [image.permute(1, 2, 0) for image in images]  # (S, S, 3) each
         if self.device.type != "cuda":
-            return torch.stack(images)
+            return torch.stack(channels_last).permute(0, 3, 1, 2)
         # Reusing one pinned staging buffer avoids a pinned allocation per batch; the copy to the
         # GPU is asynchronous, so it overlaps with whatever the GPU still has queued.
-        shape = (len(images), *images[0].shape)
+        shape = (len(images), *channels_last[0].shape)  # (B, S, S, 3)
         if self._pinned is None or self._pinned.shape != shape:
             self._pinned = torch.empty(shape, dtype=torch.uint8).pin_memory()
-        torch.stack(images, out=self._pinned)
-        return self._pinned.to(self.device, non_blocking=True)
+        torch.stack(channels_last, out=self._pinned)
+        return self._pinned.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.device.type != "cuda" or not self.config.autocast:

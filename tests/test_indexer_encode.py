@@ -1,0 +1,91 @@
+"""The encoder runs one vision pass per batch for both the embedding and the caption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import coca
+from indexer.encode import BatchEncoder, EncodeConfig, model_identity, resolve_device
+from tests.test_indexer_support import fast_decoding, save_tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    torch.set_num_threads(1)
+    return coca.load(save_tiny_bundle(tmp_path_factory.mktemp("encode_bundle")))
+
+
+def _images(count: int, size: int, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    # Channel-last memory seen as (3, S, S), the way the decoder hands images over.
+    return [
+        torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=generator).permute(
+            2, 0, 1
+        )
+        for _ in range(count)
+    ]
+
+
+def test_encode_runs_the_vision_tower_once_per_batch(
+    tiny_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    original = tiny_model.encode_image_with_tokens
+
+    def counted(images: torch.Tensor):  # noqa: ANN202 - coca.ImageEncoding
+        calls.append(images.shape[0])
+        return original(images)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the image was encoded a second time")
+
+    monkeypatch.setattr(tiny_model, "encode_image_with_tokens", counted)
+    monkeypatch.setattr(tiny_model, "encode_image", forbidden)
+    encoder = BatchEncoder(tiny_model, EncodeConfig(decoding=fast_decoding()))
+    encoded = encoder.encode(_images(5, 32))
+    assert calls == [5]
+    assert encoded.embeddings.shape == (5, tiny_model.config.embed_dim)
+    assert encoded.captions is not None and len(encoded.captions) == 5
+    assert np.allclose(np.linalg.norm(encoded.embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_encode_matches_the_model_and_ignores_batch_size(tiny_model: torch.nn.Module) -> None:
+    images = _images(4, 32, seed=1)
+    encoder = BatchEncoder(tiny_model, EncodeConfig(decoding=fast_decoding()))
+    together = encoder.encode(images)
+    alone = [encoder.encode([image]) for image in images]
+    assert np.allclose(
+        together.embeddings, np.concatenate([a.embeddings for a in alone]), atol=1e-5
+    )
+    assert together.captions == [a.captions[0] for a in alone]
+    with torch.inference_mode():
+        batch = torch.stack([image.contiguous() for image in images])
+        expected = tiny_model.encode_image(tiny_model.preprocess.batch(batch)).numpy()
+    assert np.allclose(together.embeddings, expected, atol=1e-6)
+
+
+def test_encode_without_captions(tiny_model: torch.nn.Module) -> None:
+    encoded = BatchEncoder(tiny_model, EncodeConfig(captions=False)).encode(_images(2, 32))
+    assert encoded.captions is None
+
+
+def test_encode_model_identity_follows_weights_not_dtype(tmp_path: Path) -> None:
+    first = coca.load(save_tiny_bundle(tmp_path / "a", seed=0))
+    same = coca.load(tmp_path / "a", dtype=torch.bfloat16)
+    other = coca.load(save_tiny_bundle(tmp_path / "b", seed=1))
+    assert model_identity(first) == model_identity(same)
+    assert model_identity(first).config_hash != model_identity(other).config_hash
+    assert model_identity(first).embed_dim == first.config.embed_dim
+
+
+def test_encode_device_choice() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
