@@ -66,6 +66,9 @@ class GeneratedDataConfig:
     # Share of scenes rendered at twice the size before the resize to the model input: library
     # photos reach the model from ~320x240 (JPEG draft of 640x480), so both scales are seen.
     double_size_fraction: float = 0.0
+    # Mirror half of each batch and swap the words "left"/"right" in its captions: twice the
+    # distinct pictures from the same pool (nothing else in the grammar depends on the side).
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.captions_per_image < 1:
@@ -258,6 +261,25 @@ def _normalizer(preprocess: Any, device: torch.device) -> Callable[[torch.Tensor
     return lambda pixels: (pixels.float() - mean) / std
 
 
+def _side_word_ids(tokenizer: Any) -> tuple[int, int]:
+    """Token ids of "left" and "right"; mirroring needs each to be a single token."""
+    ids = [tokenizer.encode(word) for word in ("left", "right")]
+    if any(len(word_ids) != 1 for word_ids in ids):
+        raise ValueError("mirror needs 'left' and 'right' to be single tokens of the vocabulary")
+    return ids[0][0], ids[1][0]
+
+
+def _mirror(
+    pixels: torch.Tensor, tokens: torch.Tensor, flip: torch.Tensor, side_words: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror the rows of pixels (B, 3, S, S) where flip (B,) is set; swap left/right in tokens."""
+    left, right = side_words
+    pixels = torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+    swap = flip.view(-1, 1)  # (B, 1)
+    swapped = torch.where(tokens == left, right, torch.where(tokens == right, left, tokens))
+    return pixels, torch.where(swap, swapped, tokens)
+
+
 class GeneratedBatches:
     """Batches drawn from an in-memory pool of rendered scenes, kept on the training device."""
 
@@ -284,6 +306,7 @@ class GeneratedBatches:
         # Channel-first so a gathered batch is what preprocess.batch takes; (N, 3, S, S) uint8.
         self.images = torch.from_numpy(rendered.images).permute(0, 3, 1, 2).to(device)
         self.normalize = _normalizer(preprocess, device)
+        self.side_words = _side_word_ids(tokenizer) if config.mirror else None
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
@@ -294,8 +317,12 @@ class GeneratedBatches:
         rows = torch.randint(n, (self.batch_size,), generator=generator)  # (B,)
         choice = torch.randint(k, (self.batch_size,), generator=generator)  # (B,)
         rows, choice = _to_device(rows, self.device), _to_device(choice, self.device)
-        images = self.normalize(self.images[rows])  # (B, 3, S, S) float
-        return Batch(images=images, tokens=self.tokens[rows, choice])
+        pixels = self.images[rows]  # (B, 3, S, S) uint8
+        tokens = self.tokens[rows, choice]  # (B, T)
+        if self.side_words is not None:
+            flip = torch.rand(self.batch_size, generator=generator) < 0.5  # (B,)
+            pixels, tokens = _mirror(pixels, tokens, _to_device(flip, self.device), self.side_words)
+        return Batch(images=self.normalize(pixels), tokens=tokens)
 
     def batches(self, start_step: int, stop_step: int) -> Iterator[Batch]:
         for step in range(start_step, stop_step):

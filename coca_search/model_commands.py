@@ -113,6 +113,7 @@ def _render_size(text: str) -> tuple[int, int]:
 def _data_config(
     data: str, captions: Path | None, images: Path | None, pool_size: int, render_size: str,
     captions_per_image: int, split_seed: int, workers: int, double_size_fraction: float,
+    mirror: bool,
 ) -> Any:  # fmt: skip
     from coca.data import GeneratedDataConfig
     from coca.folder_data import FolderDataConfig
@@ -132,6 +133,7 @@ def _data_config(
         split_seed=split_seed,
         workers=workers,
         double_size_fraction=double_size_fraction,
+        mirror=mirror,
     )
 
 
@@ -186,6 +188,9 @@ def train_command(
     double_size_fraction: float = typer.Option(
         0.0, "--double-size-fraction", help="Share of scenes rendered at twice --render-size."
     ),
+    mirror: bool = typer.Option(
+        False, "--mirror", help="Mirror half of each batch, swapping left/right in captions."
+    ),
     steps: int = typer.Option(1000, "--steps", min=1),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -217,7 +222,7 @@ def train_command(
     try:
         data_config = _data_config(
             data, captions, images, pool_size, render_size, captions_per_image, split_seed,
-            workers, double_size_fraction,
+            workers, double_size_fraction, mirror,
         )  # fmt: skip
         optim = OptimConfig(
             lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,

@@ -47,6 +47,7 @@ def recipe(args: argparse.Namespace, bundle: Path) -> TrainConfig:
             split_seed=TRAIN_SEED,
             workers=0,
             double_size_fraction=0.25,  # some at 320x240, the scale library photos arrive at
+            mirror=True,  # half of each batch mirrored, "left" <-> "right" in its caption
         ),
         steps=args.steps,
         batch_size=args.batch_size,

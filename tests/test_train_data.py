@@ -179,3 +179,24 @@ def test_folder_batches_pair_each_image_with_one_of_its_captions(tmp_path: Path)
         assert tokenizer.decode(tokens) in allowed[is_a]
     again = next(iter(source.batches(1, 2)))
     assert torch.equal(again.tokens, batches[1].tokens)
+
+
+def test_generated_batches_mirror_pictures_and_swap_left_and_right() -> None:
+    tokenizer, preprocess = world_tokenizer(), world_preprocess(32)
+    plain_config = GeneratedDataConfig(pool_size=10, width=40, height=30, workers=1)
+    mirrored_config = GeneratedDataConfig(pool_size=10, width=40, height=30, workers=1, mirror=True)
+    plain = GeneratedBatches(plain_config, tokenizer, preprocess, 16, seed=2, device=CPU)
+    mirrored = GeneratedBatches(mirrored_config, tokenizer, preprocess, 16, seed=2, device=CPU)
+    a, b = plain.batch(0), mirrored.batch(0)  # same rows and captions: same generator draws
+    flipped = [not torch.equal(x, y) for x, y in zip(a.images, b.images, strict=True)]
+    assert 0 < sum(flipped) < 16
+    left, right = (tokenizer.encode(w)[0] for w in ("left", "right"))
+    for was_flipped, x, y, t, u in zip(
+        flipped, a.images, b.images, a.tokens, b.tokens, strict=True
+    ):
+        if was_flipped:
+            torch.testing.assert_close(x.flip(-1), y)
+            expected = torch.where(t == left, right, torch.where(t == right, left, t))
+            assert torch.equal(u, expected)
+        else:
+            assert torch.equal(t, u)
