@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from coca.data import GeneratedDataConfig  # noqa: E402
-from coca.evaluate import EvalConfig, evaluate, format_report  # noqa: E402
+from coca.evaluate import EvalConfig, EvalReport, evaluate, format_report  # noqa: E402
 from coca.train import OptimConfig, StepReport, TrainConfig, train  # noqa: E402
 from coca.world import HELDOUT_SEED, TRAIN_SEED  # noqa: E402
 
@@ -113,10 +113,7 @@ def main() -> None:
             shutil.copy(result.run_dir / name, records / name)
     logger.info("training done after %.0f s in all", time.perf_counter() - started)
 
-    import coca
-
-    model = coca.load(bundle, device=args.device if args.device != "auto" else _auto())
-    report = evaluate(model, EvalConfig(count=args.eval_count, seed=HELDOUT_SEED))
+    report = run_eval(bundle, args.device if args.device != "auto" else _auto(), args.eval_count)
     record = report.to_dict() | {"targets_met": report.targets_met()}
     (records / "eval.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     table = format_report(report)
@@ -126,6 +123,20 @@ def main() -> None:
         print(f"  generated: {generated!r}\n  reference: {reference!r}")
     size = (bundle / "model.safetensors").stat().st_size / 1e6
     logger.info("bundle %s (%.1f MB); %.0f s in all", bundle, size, time.perf_counter() - started)
+
+
+def run_eval(bundle: Path, device: str, count: int) -> EvalReport:
+    """Evaluate the saved bundle as users load it; on a GPU failure, once more on the CPU."""
+    import coca
+
+    config = EvalConfig(count=count, seed=HELDOUT_SEED)
+    try:
+        return evaluate(coca.load(bundle, device=device), config)
+    except Exception:  # the bundle is already saved: still get the numbers
+        if device == "cpu":
+            raise
+        logger.exception("evaluation on %s failed; evaluating on the CPU instead", device)
+        return evaluate(coca.load(bundle, device="cpu"), config)
 
 
 def _auto() -> str:
