@@ -129,8 +129,9 @@ def beam_search(
     groups, seq_len = config.num_beam_groups, config.seq_len
     per_group = config.num_beams // groups
     logits = decoder.step(prompt)  # (B, V): the prompt is run once per image, not per beam
-    expand = torch.arange(batch, device=prompt.device).repeat_interleave(config.num_beams)
-    decoder.reorder(expand)
+    expand_cpu = torch.arange(batch).repeat_interleave(config.num_beams)  # (B*K,)
+    decoder.reorder(expand_cpu)  # a CPU index lets the decoder skip a device sync
+    expand = expand_cpu.to(prompt.device, non_blocking=True)
     logits = logits[expand]  # (B*K, V)
     beams = _start_beams(prompt, expand, groups, per_group, seq_len, special.pad)
     out = prompt.new_full((batch, seq_len), special.pad)

@@ -195,11 +195,12 @@ def sample(
             keep = rows_to_keep(finished_before)
             if keep is not None:
                 out[rows], out_len[rows] = seqs, length
-                kept = torch.from_numpy(keep).to(prompt.device)
+                kept_cpu = torch.from_numpy(keep)  # a CPU index lets the decoder skip a sync
+                kept = kept_cpu.to(prompt.device, non_blocking=True)
                 rows, seqs, done, length, token = (
                     x[kept] for x in (rows, seqs, done, length, token)
                 )
-                decoder.reorder(kept)
+                decoder.reorder(kept_cpu)
                 snapshot.clear()  # its flags index the rows before this reorder
         if t + 1 < seq_len - 1:
             logits = decoder.step(token[:, None])
