@@ -5,6 +5,11 @@ generation_type="greedy", and encodes each image once (never once per beam). The
 live in `sampling.py` (greedy, top-k, top-p) and `beam_search.py`; they only talk to the model
 through the `coca.decoding.IncrementalDecoder` protocol, so tests can run them against a plain
 uncached reference decoder.
+
+Deliberate differences from the seed, each a fix: beam search scores log-probabilities (the seed
+sums raw logits; see beam_search.py) and continues a text prompt (the seed ignores it); a (T0,)
+prompt applies to every image and the result is always (B, T); a stopping criterion that flags a
+row finishes that row (it then gets padding), as transformers' generate does.
 """
 
 from __future__ import annotations
@@ -192,6 +197,11 @@ def generate_from_tokens(
     special = special_tokens or SpecialTokens.from_model(model)
     if image_tokens.shape[0] == 0:
         raise ValueError("cannot caption an empty batch: pass at least one image")
+    if generator is not None and generator.device.type != image_tokens.device.type:
+        raise ValueError(
+            f"the generator is on {generator.device} but decoding runs on {image_tokens.device}: "
+            f"create it with torch.Generator(device={str(image_tokens.device)!r})"
+        )
     with _eval_no_grad(model):
         prompt = _prompt(text, special, image_tokens.shape[0], image_tokens.device, config)
         decoder = model.incremental_decoder(image_tokens, max_len=config.seq_len)
