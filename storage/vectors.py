@@ -44,8 +44,9 @@ class VectorIndexConfig:
     approx_threshold: int = 50_000
     # IVF lists; None picks a power of two near 2 * sqrt(rows): ~500 vectors per list at 1M.
     nlist: int | None = None
-    # Lists scanned per query: the speed/recall knob (0.95+ recall@10 at 1M, see the benchmark).
-    nprobe: int = 12
+    # Lists scanned per query, the speed/recall knob: at 1M x 512 (2,048 lists) 8 gives recall@10
+    # 0.977 at ~1 ms on two cores (benchmarks/bench_vectors.py sweeps it). `VectorIndex.nprobe`.
+    nprobe: int = 8
     # k-means sample per list and iterations: bounds IVF training time on small CPUs.
     train_points_per_list: int = 40
     kmeans_iters: int = 10
