@@ -16,6 +16,7 @@ import torch
 from search_app.library import open_catalog_for_reading
 from search_app.search import DataLayout, SearchEngine
 from search_app.settings import AppSettings
+from search_app.thumbnails import ThumbnailCache
 from storage import Catalog
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ def get_model(source: str, device: str) -> torch.nn.Module:
 def get_engine(data_dir: str, source: str, device: str) -> SearchEngine:
     catalog = get_catalog(str(DataLayout(Path(data_dir)).catalog_path))
     return SearchEngine(catalog, None, get_model(source, device))
+
+
+@st.cache_resource(show_spinner=False)
+def get_thumbnails() -> ThumbnailCache:
+    return ThumbnailCache()
 
 
 def ready_engine(config: AppSettings) -> SearchEngine:

@@ -7,7 +7,6 @@ Images are always looked up by catalog id: the path comes from the catalog row, 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -15,14 +14,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from search_app import resources
 from search_app.search import SearchFilters
-from search_app.thumbnails import (
-    FULL_SIDE,
-    THUMBNAIL_SIDE,
-    ImageUnavailableError,
-    RenderedImage,
-    render_image,
-)
+from search_app.thumbnails import FULL_SIDE, THUMBNAIL_SIDE, RenderedImage
 from storage import Catalog
 
 logger = logging.getLogger(__name__)
@@ -47,30 +41,18 @@ class Tile:
 # -- images -------------------------------------------------------------------------------------
 
 
-@st.cache_data(max_entries=4000, show_spinner=False)
-def _rendered(image_id: int, mtime_ns: int, path: str, max_side: int) -> RenderedImage:
-    # Keyed by (id, mtime): a re-saved photo gets a fresh thumbnail; `path` is the catalog's.
-    return render_image(Path(path), max_side)
-
-
-def image_bytes(image_id: int, path: Path, max_side: int = THUMBNAIL_SIDE) -> bytes | None:
-    """Encoded pixels of a catalogued photo, or None when its file is gone or broken."""
-    try:
-        mtime_ns = os.stat(path).st_mtime_ns
-        return _rendered(image_id, mtime_ns, str(path), max_side).data
-    except (OSError, ImageUnavailableError) as error:
-        logger.warning("image %d unavailable: %s", image_id, error)
-        return None
-
-
 def show_image(image_id: int, path: Path, *, full: bool = False, link: str | None = None) -> None:
-    data = image_bytes(image_id, path, FULL_SIDE if full else THUMBNAIL_SIDE)
-    if data is None:
+    rendered = resources.get_thumbnails().get(image_id, path, FULL_SIDE if full else THUMBNAIL_SIDE)
+    _show_rendered(rendered, link)
+
+
+def _show_rendered(rendered: RenderedImage | None, link: str | None) -> None:
+    if rendered is None:
         st.warning(
             "The file is missing or unreadable; re-run the indexer.", icon=":material/broken_image:"
         )
         return
-    st.image(data, width="stretch", link=link)
+    st.image(rendered.data, width="stretch", link=link)
 
 
 # -- filters ------------------------------------------------------------------------------------
@@ -125,22 +107,32 @@ def photo_grid(
     key: str = "grid",
 ) -> None:
     """Thumbnails in rows of GRID_COLUMNS, each with its caption, score and path."""
+    # Render every thumbnail of the page at once, in parallel, before laying out the grid.
+    images = resources.get_thumbnails().get_many([(t.id, t.path) for t in tiles], THUMBNAIL_SIDE)
     for start in range(0, len(tiles), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS, gap="medium")
         for column, tile in zip(columns, tiles[start : start + GRID_COLUMNS], strict=False):
             # The key gives the tile a stable CSS class (st-key-...) for browser tests.
             with column.container(border=True, key=f"{key}-tile-{tile.id}"):
-                _tile(tile, on_similar, key)
+                _tile(tile, images.get(tile.id), on_similar, key)
 
 
-def _tile(tile: Tile, on_similar: Callable[[int], None] | None, key: str) -> None:
-    show_image(tile.id, tile.path, link=detail_link(tile.id))
-    st.markdown(f"**{escape(tile.caption or CAPTION_MISSING)}**")
+def _tile(
+    tile: Tile,
+    image: RenderedImage | None,
+    on_similar: Callable[[int], None] | None,
+    key: str,
+) -> None:
+    _show_rendered(image, detail_link(tile.id))
+    # One markdown element for caption + facts: a page of tiles is a few hundred elements that
+    # the browser must lay out after every query, so each one saved per tile counts.
+    lines = [f"**{escape(tile.caption or CAPTION_MISSING)}**"]
     facts = [f"score {tile.score:.3f}"] if tile.score is not None else []
     if tile.note:
         facts.append(tile.note)
     if facts:
-        st.caption(" · ".join(facts))
+        lines.append(f":small[:gray[{escape(' · '.join(facts))}]]")
+    st.markdown("  \n".join(lines))
     st.caption(escape(short_path(tile.path)), help=escape(str(tile.path)))
     actions = st.container(horizontal=True, vertical_alignment="center", gap="small")
     actions.page_link(DETAIL_PAGE, label="Details", query_params={"id": str(tile.id)})

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from coca_search import app_commands
 from coca_search.cli import _register_commands, app
 from search_app.settings import AppSettings
-from search_app.thumbnails import ImageUnavailableError, render_image
+from search_app.thumbnails import ImageUnavailableError, ThumbnailCache, render_image
 from tests.test_indexer_support import RED, rotated_jpeg_bytes
 
 runner = CliRunner()
@@ -136,3 +136,29 @@ def test_app_commands_streamlit_argv_has_no_static_serving() -> None:
     argv = app_commands.streamlit_argv("127.0.0.1", 8501)
     assert "--server.enableStaticServing=false" in argv
     assert "--client.showErrorDetails=type" in argv
+
+
+def test_app_thumbnail_cache_renders_once_and_follows_file_changes(tmp_path: Path) -> None:
+    cache = ThumbnailCache(max_bytes=1 << 20, workers=2)
+    paths = []
+    for index in range(3):
+        paths.append(tmp_path / f"p{index}.jpg")
+        Image.new("RGB", (64, 48), (index * 80, 0, 0)).save(paths[-1])
+    first = cache.get_many([(i, p) for i, p in enumerate(paths)], max_side=32)
+    assert [first[i].width for i in range(3)] == [32, 32, 32]
+    assert cache.get(0, paths[0], 32) is first[0]  # served from the cache
+    Image.new("RGB", (48, 64), (0, 0, 255)).save(paths[0])
+    os.utime(paths[0], ns=(1, 1))  # a different mtime: the photo changed on disk
+    assert cache.get(0, paths[0], 32).height == 32  # re-rendered, upright portrait
+    paths[1].unlink()
+    assert cache.get(1, paths[1], 32) is None
+
+
+def test_app_thumbnail_cache_stays_within_its_byte_budget(tmp_path: Path) -> None:
+    path = tmp_path / "noise.png"
+    Image.effect_noise((64, 64), 80).convert("RGB").save(path)
+    size = len(render_image(path, 64).data)
+    cache = ThumbnailCache(max_bytes=int(size * 2.5), workers=1)
+    for image_id in range(6):
+        assert cache.get(image_id, path, 64) is not None
+    assert cache._bytes <= cache.max_bytes and len(cache._items) == 2

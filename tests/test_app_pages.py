@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from datetime import date
 from pathlib import Path
 
@@ -44,6 +45,19 @@ def _search(app: AppTest, query: str) -> AppTest:
     return app
 
 
+TILE_TEXT = re.compile(r"\*\*(.*)\*\*(?:  \n:small\[:gray\[(.*)\]\])?", re.DOTALL)
+
+
+def _tile_texts(app: AppTest) -> list[tuple[str, str]]:
+    """(caption, facts such as 'score 0.31 · 2024-04-16 17:10') of each tile, in order."""
+    found = []
+    for element in app.markdown:
+        match = TILE_TEXT.fullmatch(element.value.replace("\\", ""))
+        if match:
+            found.append((match.group(1), match.group(2) or ""))
+    return found
+
+
 def _result_paths(app: AppTest) -> list[str]:
     # Each tile shows its path as a caption whose help (tooltip) is the full path, escaped.
     return [c.help.replace("\\", "") for c in app.caption if c.help]
@@ -77,11 +91,10 @@ def test_app_search_text_shows_captions_scores_and_latency(
     assert {Path(p).relative_to(library.photos).as_posix() for p in paths} == {
         e.file for e in library.entries
     }
-    scores = [c.value for c in app.caption if c.value.startswith("score ")]
-    assert len(scores) == COUNT
+    tiles = _tile_texts(app)
+    assert len(tiles) == COUNT and all(facts.startswith("score ") for _, facts in tiles)
     captions = {d.caption.text for d in library.catalog().list_images(page_size=100).items}
-    shown = [m.value.strip("*").replace("\\", "") for m in app.markdown if m.value.startswith("**")]
-    assert set(shown) <= captions and len(shown) == COUNT
+    assert {caption for caption, _ in tiles} <= captions
 
 
 def test_app_search_result_count_is_selectable(
@@ -129,7 +142,7 @@ def test_app_search_hybrid_and_date_sort_run(
     app.toggle(key="hybrid").set_value(True)
     app.toggle(key="sort_by_date").set_value(True).run()
     app = _search(app, "a red car")
-    dates = [c.value.split(" · ")[1] for c in app.caption if c.value.startswith("score ")]
+    dates = [facts.split(" · ")[1] for _, facts in _tile_texts(app)]
     assert dates == sorted(dates, reverse=True) and len(dates) == COUNT
 
 
