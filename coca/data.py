@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from coca.partial_captions import partial_captions
 from coca.world.captions import captions_for
 from coca.world.queries import TRAIN_SEED
 from coca.world.render import render_scene
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 _CAPTION_STREAM = 1  # caption rng = default_rng([split, index, 1]), as world.write_library draws
 _SCALE_STREAM = 2  # decides which scenes are rendered at double size
+_PARTIAL_STREAM = 3  # draws a scene's partial captions
 _RENDER_CHUNK = 256  # images per worker task: big enough to amortise IPC, small for load balance
 
 
@@ -43,6 +45,8 @@ class Batch:
 
     images: torch.Tensor  # (B, 3, S, S) float, normalised by the model's preprocessing
     tokens: torch.Tensor  # (B, T) long, <start_of_text> ... <end_of_text> pad...
+    # (B, T) texts for the contrastive loss when they differ from the captions (partial ones)
+    contrastive_tokens: torch.Tensor | None = None
 
 
 class BatchSource(Protocol):
@@ -69,10 +73,16 @@ class GeneratedDataConfig:
     # Mirror half of each batch and swap the words "left"/"right" in its captions: twice the
     # distinct pictures from the same pool (nothing else in the grammar depends on the side).
     mirror: bool = False
+    # Short true statements per scene ("a red car", "two cars left of a tree") kept next to the
+    # captions; this share of the contrastive texts is drawn from them (coca.partial_captions).
+    partial_captions_per_image: int = 0
+    partial_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.captions_per_image < 1:
             raise ValueError("pool_size and captions_per_image must be >= 1")
+        if self.partial_captions_per_image < 0 or not 0.0 <= self.partial_share <= 1.0:
+            raise ValueError("partial_captions_per_image must be >= 0, partial_share in [0, 1]")
         if not 0.0 <= self.double_size_fraction <= 1.0:
             raise ValueError(
                 f"double_size_fraction must lie in [0, 1], got {self.double_size_fraction}"
@@ -102,8 +112,8 @@ class RenderedScenes:
     """Rendered scenes (already at the model's input size when a preprocess was given)."""
 
     images: np.ndarray  # (N, H, W, 3) uint8
-    captions: list[list[str]]  # N lists of K captions
-    tokens: np.ndarray | None  # (N, K, T) int32 when a tokenizer was given
+    captions: list[list[str]]  # N lists of K captions, then P partial captions
+    tokens: np.ndarray | None  # (N, K+P, T) int32 when a tokenizer was given
 
 
 @dataclass(frozen=True)
@@ -149,11 +159,14 @@ def _render_into(
             image = job.preprocess.resize_for_model(image)
         images[row] = np.asarray(image)
         texts = scene_captions(config.split_seed, index, config.captions_per_image, scene)
+        if config.partial_captions_per_image:
+            rng = np.random.default_rng([config.split_seed, index, _PARTIAL_STREAM])
+            texts += partial_captions(scene, rng, config.partial_captions_per_image)
         captions.append(texts)
     if job.tokenizer is None:
         return _Rendered(captions, None)
     ids = job.tokenizer([text for texts in captions for text in texts]).numpy().astype(np.int32)
-    return _Rendered(captions, ids.reshape(len(captions), config.captions_per_image, -1))
+    return _Rendered(captions, ids.reshape(len(captions), len(captions[0]), -1))
 
 
 def _render_size(config: GeneratedDataConfig, index: int) -> tuple[int, int]:
@@ -272,10 +285,11 @@ def _side_word_ids(tokenizer: Any) -> tuple[int, int]:
 def _mirror(
     pixels: torch.Tensor, tokens: torch.Tensor, flip: torch.Tensor, side_words: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mirror the rows of pixels (B, 3, S, S) where flip (B,) is set; swap left/right in tokens."""
+    """Mirror the rows of pixels (B, 3, S, S) where flip (B,) is set; swap left/right in their
+    tokens (B, ..., T)."""
     left, right = side_words
     pixels = torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
-    swap = flip.view(-1, 1)  # (B, 1)
+    swap = flip.view(-1, *([1] * (tokens.dim() - 1)))  # (B, 1, ...)
     swapped = torch.where(tokens == left, right, torch.where(tokens == right, left, tokens))
     return pixels, torch.where(swap, swapped, tokens)
 
@@ -302,27 +316,39 @@ class GeneratedBatches:
             config.height,
             time.perf_counter() - started,
         )
-        self.tokens = torch.from_numpy(rendered.tokens).long().to(device)  # (N, K, T)
+        self.tokens = torch.from_numpy(rendered.tokens).long().to(device)  # (N, K+P, T)
         # Channel-first so a gathered batch is what preprocess.batch takes; (N, 3, S, S) uint8.
         self.images = torch.from_numpy(rendered.images).permute(0, 3, 1, 2).to(device)
         self.normalize = _normalizer(preprocess, device)
         self.side_words = _side_word_ids(tokenizer) if config.mirror else None
+        self.full, self.partial = config.captions_per_image, config.partial_captions_per_image
+        self.partial_share = config.partial_share
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
 
     def batch(self, step: int) -> Batch:
         generator = step_generator(self.seed, step)
-        n, k = self.tokens.shape[:2]
-        rows = torch.randint(n, (self.batch_size,), generator=generator)  # (B,)
-        choice = torch.randint(k, (self.batch_size,), generator=generator)  # (B,)
-        rows, choice = _to_device(rows, self.device), _to_device(choice, self.device)
+        b = self.batch_size
+        rows = torch.randint(self.tokens.shape[0], (b,), generator=generator)  # (B,)
+        choice = torch.randint(self.full, (b,), generator=generator)  # (B,) a whole caption
+        texts = [choice]
+        if self.partial:
+            partial = self.full + torch.randint(self.partial, (b,), generator=generator)  # (B,)
+            use = torch.rand(b, generator=generator) < self.partial_share
+            texts.append(torch.where(use, partial, choice))  # contrastive text per row
+        columns = _to_device(torch.stack(texts, dim=1), self.device)  # (B, 1 or 2)
+        rows = _to_device(rows, self.device)
         pixels = self.images[rows]  # (B, 3, S, S) uint8
-        tokens = self.tokens[rows, choice]  # (B, T)
+        tokens = self.tokens[rows[:, None], columns]  # (B, 1 or 2, T)
         if self.side_words is not None:
-            flip = torch.rand(self.batch_size, generator=generator) < 0.5  # (B,)
+            flip = torch.rand(b, generator=generator) < 0.5  # (B,)
             pixels, tokens = _mirror(pixels, tokens, _to_device(flip, self.device), self.side_words)
-        return Batch(images=self.normalize(pixels), tokens=tokens)
+        return Batch(
+            images=self.normalize(pixels),
+            tokens=tokens[:, 0],
+            contrastive_tokens=tokens[:, 1] if self.partial else None,
+        )
 
     def batches(self, start_step: int, stop_step: int) -> Iterator[Batch]:
         for step in range(start_step, stop_step):

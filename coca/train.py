@@ -159,15 +159,26 @@ def learning_rate(step: int, total_steps: int, optim: OptimConfig, time_fraction
     return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def training_forward(model: CoCa, images: torch.Tensor, tokens: torch.Tensor) -> CocaOutput:
-    """CoCa.forward minus its input checks: those read token ids back from the GPU every step,
-    which stalls the queue of a small model. The data sources produce valid batches by design."""
+def training_forward(
+    model: CoCa,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    contrastive_tokens: torch.Tensor | None = None,
+) -> CocaOutput:
+    """CoCa.forward minus its input checks (they read token ids back from the GPU every step,
+    which stalls the queue of a small model; the data sources produce valid batches by design).
+
+    With `contrastive_tokens`, the text latents come from those texts (e.g. partial descriptions)
+    while the decoder still learns to write `tokens`; one text-tower pass serves both.
+    """
     latent, image_tokens = model.visual(images)  # (B, E), (B, N, D)
-    text_latent, token_outputs = model.text(tokens)  # (B, E), (B, L, D)
-    logits = model.text_decoder(image_tokens, token_outputs[:, :-1])  # (B, L-1, V)
+    b = tokens.shape[0]
+    texts = tokens if contrastive_tokens is None else torch.cat([tokens, contrastive_tokens])
+    text_latent, token_outputs = model.text(texts)  # (B or 2B, E), (B or 2B, L, D)
+    logits = model.text_decoder(image_tokens, token_outputs[:b, :-1])  # (B, L-1, V)
     return CocaOutput(
         image_features=torch.nn.functional.normalize(latent, dim=-1),
-        text_features=torch.nn.functional.normalize(text_latent, dim=-1),
+        text_features=torch.nn.functional.normalize(text_latent[-b:], dim=-1),
         logits=logits,
         labels=tokens[:, 1:],
         logit_scale=model.logit_scale.exp(),
@@ -242,7 +253,7 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast:
-            output = self.forward(self.model, batch.images, batch.tokens)
+            output = self.forward(self.model, batch.images, batch.tokens, batch.contrastive_tokens)
             losses = self.loss_fn(output)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()

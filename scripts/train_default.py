@@ -48,6 +48,8 @@ def recipe(args: argparse.Namespace, bundle: Path) -> TrainConfig:
             workers=0,
             double_size_fraction=0.25,  # some at 320x240, the scale library photos arrive at
             mirror=True,  # half of each batch mirrored, "left" <-> "right" in its caption
+            partial_captions_per_image=4,  # "a red car", "two cars above a tree", ...
+            partial_share=0.5,  # of the contrastive texts; the decoder learns whole captions
         ),
         steps=args.steps,
         batch_size=args.batch_size,

@@ -29,6 +29,7 @@ def bundle(runner: CliRunner, tmp_path_factory: pytest.TempPathFactory) -> Path:
     args = ["train", str(output), "--model", "coca_tiny", "--pool-size", "16"]
     args += ["--render-size", "40x30", "--steps", "3", "--batch-size", "4", "--device", "cpu"]
     args += ["--workers", "1", "--log-every", "1", "--warmup-steps", "1", "--mirror"]
+    args += ["--partial-captions", "2"]
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 0, result.output
     assert "trained 3 steps" in result.stdout

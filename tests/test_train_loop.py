@@ -43,7 +43,11 @@ def tiny_config(output: Path, **changes: object) -> TrainConfig:
 
 
 def test_train_tiny_run_lowers_loss(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path / "bundle", steps=30, optim=OptimConfig(lr=3e-3, warmup_steps=3))
+    data = GeneratedDataConfig(
+        pool_size=24, width=40, height=30, workers=1, partial_captions_per_image=2, mirror=True
+    )
+    optim = OptimConfig(lr=3e-3, warmup_steps=3)
+    config = tiny_config(tmp_path / "bundle", steps=30, optim=optim, data=data)
     result = train(config)
     losses = [record["loss"] for record in read_log(result.run_dir)]
     assert result.finished and result.steps_done == 30 and len(losses) == 30
