@@ -72,6 +72,17 @@ def test_app_search_empty_data_folder_explains_how_to_index(
     assert not (tmp_path / "data" / "catalog.db").exists()  # the app never creates a catalog
 
 
+def test_app_search_and_browse_of_an_empty_catalog_say_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models: tuple[str, str]
+) -> None:
+    empty = AppLibrary(tmp_path / "photos", tmp_path / "data", models[0])
+    empty.catalog().db.dispose()  # creates the schema, no photos
+    app = _app(monkeypatch, empty.env())
+    assert "catalog is empty" in app.warning[0].value
+    app.switch_page("pages/browse.py").run()
+    assert "No photos in the catalog yet" in app.info[0].value
+
+
 def test_app_search_model_mismatch_is_a_clear_warning(
     monkeypatch: pytest.MonkeyPatch, library: AppLibrary, models: tuple[str, str]
 ) -> None:
