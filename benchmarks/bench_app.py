@@ -56,16 +56,17 @@ DONE_JS = """() => {
 }"""
 WATCH_JS = """() => {
     window.__sawRun = false;
-    const app = document.querySelector('[data-test-script-state]');
     if (window.__watcher) window.__watcher.disconnect();
+    // Watch the whole document: React may replace the element that carries the state.
     window.__watcher = new MutationObserver((records) => {
-        const now = app.getAttribute('data-test-script-state');
+        const app = document.querySelector('[data-test-script-state]');
+        const now = app && app.getAttribute('data-test-script-state');
         if (now === 'running' || records.some(r => r.oldValue === 'running')) {
             window.__sawRun = true;
         }
     });
-    window.__watcher.observe(app, {attributes: true, attributeOldValue: true,
-                                   attributeFilter: ['data-test-script-state']});
+    window.__watcher.observe(document.body, {attributes: true, subtree: true,
+        attributeOldValue: true, attributeFilter: ['data-test-script-state']});
 }"""
 PROBLEMS_JS = """() => document.querySelectorAll(
     '[data-testid="stException"], [data-testid="stAlert"]').length"""
