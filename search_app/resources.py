@@ -22,6 +22,10 @@ from storage import Catalog
 logger = logging.getLogger(__name__)
 
 
+class ModelLoadError(RuntimeError):
+    """The app's model could not be loaded; the message says what to do."""
+
+
 def settings() -> AppSettings:
     return AppSettings.from_env()
 
@@ -62,10 +66,19 @@ def get_thumbnails() -> ThumbnailCache:
 def ready_engine(config: AppSettings) -> SearchEngine:
     """The shared engine, pointed at the loaded model's index file.
 
-    Raises the engine's SearchError subclasses (empty catalog, model mismatch) for the page to
-    show; it is checked on every call, so indexing while the app runs is picked up.
+    Raises ModelLoadError, or the engine's SearchError subclasses (empty catalog, model
+    mismatch), for the page to show; checked on every call, so indexing while the app runs is
+    picked up.
     """
-    engine = get_engine(str(config.data_dir), config.model_source, config.device)
+    import coca
+
+    try:
+        engine = get_engine(str(config.data_dir), config.model_source, config.device)
+    except (coca.CheckpointError, OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(
+            f"the search model {config.model_source!r} could not be loaded ({error}); restart "
+            "with coca-search serve --model SOURCE, the model the catalog was indexed with"
+        ) from error
     model_id = engine.model_id()
     if engine.index_path is None:
         # Set once (always to the same value): the engine reloads the index from this file.

@@ -83,6 +83,19 @@ def test_app_search_and_browse_of_an_empty_catalog_say_so(
     assert "No photos in the catalog yet" in app.info[0].value
 
 
+def test_app_without_a_loadable_model_still_browses(
+    monkeypatch: pytest.MonkeyPatch, library: AppLibrary, tmp_path: Path
+) -> None:
+    env = library.env(model=str(tmp_path / "no_such_model"))
+    app = _app(monkeypatch, env)
+    assert "could not be loaded" in app.error[0].value and "--model" in app.error[0].value
+    app.switch_page("pages/browse.py").run()
+    assert len(_result_paths(app)) == COUNT
+    app.query_params["id"] = str(library.catalog().list_images(page_size=1).items[0].image.id)
+    app.switch_page("pages/detail.py").run()
+    assert not app.exception and "Similar photos are unavailable" in app.info[0].value
+
+
 def test_app_search_model_mismatch_is_a_clear_warning(
     monkeypatch: pytest.MonkeyPatch, library: AppLibrary, models: tuple[str, str]
 ) -> None:

@@ -70,11 +70,8 @@ def _similar(image_id: int) -> None:
     try:
         engine = resources.ready_engine(config)
         response = engine.find_similar(image_id, SIMILAR_COUNT)
-    except SearchError as error:
+    except (SearchError, resources.ModelLoadError) as error:
         st.info(f"Similar photos are unavailable: {error}")
-        return
-    except Exception as error:  # the model does not load: the rest of the page still works
-        st.info(f"Similar photos are unavailable: the model could not be loaded ({error}).")
         return
     st.page_link(
         "pages/search.py",

@@ -11,6 +11,8 @@ from search_app.library import CatalogMissingError
 from search_app.search import (
     BadQueryError,
     SearchError,
+    SearchFilters,
+    SearchOptions,
     SearchResponse,
     SearchResult,
     open_upload,
@@ -18,6 +20,7 @@ from search_app.search import (
 from storage import Catalog
 
 RESULT_COUNTS = (8, 12, 20, 40, 100)
+KEEP_ALL_SCORE = -0.2  # the minimum-score slider's left end: no cutoff
 LIKE_PARAM = "like"
 
 
@@ -34,7 +37,7 @@ def _like_id() -> int | None:
     return int(raw) if raw.isdigit() and len(raw) <= 12 else None
 
 
-def _options() -> dict:
+def _options(filters: SearchFilters) -> SearchOptions:
     st.sidebar.header("Results")
     k = st.sidebar.select_slider("Number of results", RESULT_COUNTS, value=20, key="k")
     hybrid = st.sidebar.toggle(
@@ -44,20 +47,18 @@ def _options() -> dict:
     )
     min_score = st.sidebar.slider(
         "Minimum score",
-        -0.2,
+        KEEP_ALL_SCORE,
         1.0,
-        value=-0.2,
+        value=KEEP_ALL_SCORE,
         step=0.01,
         key="min_score",
         help="Drop results whose similarity to the query is lower (the left end keeps all).",
     )
-    sort_by_date = st.sidebar.toggle("Newest first", key="sort_by_date")
-    return {
-        "k": k,
-        "hybrid": hybrid,
-        "min_score": None if min_score <= -0.2 else min_score,
-        "sort_by_date": sort_by_date,
-    }
+    sort_by_date = st.sidebar.toggle(
+        "Newest first", key="sort_by_date", help="Sort what passes the minimum score by date."
+    )
+    cutoff = None if min_score <= KEEP_ALL_SCORE else min_score
+    return SearchOptions(k, filters, hybrid, cutoff, sort_by_date)
 
 
 def _tiles(results: list[SearchResult]) -> list[ui.Tile]:
@@ -99,22 +100,22 @@ st.title("Search your photos")
 config = resources.settings()
 try:
     catalog = resources.get_catalog(str(config.catalog_path))
-    engine = resources.ready_engine(config)
 except CatalogMissingError as error:
     st.info(f"The catalog is empty. {error}", icon=":material/inbox:")
     st.stop()
+try:
+    engine = resources.ready_engine(config)
 except SearchError as error:  # empty catalog, model mismatch
     st.warning(str(error), icon=":material/warning:")
     st.page_link(
         "pages/browse.py", label="Browse the catalog instead", icon=":material/photo_library:"
     )
     st.stop()
-except Exception as error:  # a model that does not load: show it, keep the app alive
-    st.error(f"The search model could not be loaded: {error}")
+except resources.ModelLoadError as error:
+    st.error(str(error))
     st.stop()
 
-filters = ui.filter_widgets(catalog, key="search")
-options = _options()
+options = _options(ui.filter_widgets(catalog, key="search"))
 query = st.text_input(
     "Describe what you are looking for",
     key="q",
@@ -131,12 +132,20 @@ like = _like_id()
 try:
     if like is not None:
         _reference(catalog, like)
-        _show(engine.find_similar(like, options["k"], filters), "similar photos")
+        _show(engine.find_similar(like, options.k, options.filters), "similar photos")
     elif upload is not None:
         image = open_upload(upload.getvalue())
-        _show(engine.search_image(image, options["k"], filters), "photos like your upload")
+        _show(engine.search_image(image, options.k, options.filters), "photos like your upload")
     elif query.strip():
-        _show(engine.search_text(query, filters=filters, **options), "photos")
+        response = engine.search_text(
+            query,
+            options.k,
+            options.filters,
+            options.hybrid,
+            options.min_score,
+            options.sort_by_date,
+        )
+        _show(response, "photos")
     else:
         st.caption("Type a description and press Enter. Filters are in the sidebar.")
 except BadQueryError as error:
