@@ -154,6 +154,7 @@ def beam_search(
         rows = step.rows
         done_before = snapshot.take()  # per image, as of step t - 1, without waiting for step t
         snapshot.put(beams.done.all(dim=-1))
+        keep = None
         if done_before is not None:
             if done_before.all():
                 break  # every image was done before step t, which changed nothing
@@ -164,7 +165,11 @@ def beam_search(
                 kept = beams.select_images(torch.from_numpy(keep).to(prompt.device))
                 rows, step = rows[kept], _Step(rows=step.rows[kept], tokens=step.tokens[kept])
                 snapshot.clear()  # its flags index the images before this selection
-        decoder.reorder(rows)  # one KV-cache gather per step: follow the beams, drop done images
+        follow_beams = getattr(decoder, "follow_beams", None)
+        if follow_beams is not None and keep is None:
+            follow_beams(rows)  # rows stay within their image: no host copy, no device sync
+        else:
+            decoder.reorder(rows)  # one KV-cache gather: follow the beams, drop done images
         logits = decoder.step(step.tokens[:, None])
 
     _finish_open_groups(beams, t + 1, config.length_penalty)

@@ -47,6 +47,10 @@ class CachedDecoder:
         self.batch = image_tokens.shape[0]
         device = image_tokens.device
         self._dtype = decoder.text_projection.dtype
+        # Under autocast the new keys/values arrive in the autocast dtype; caching them in it halves
+        # the bytes every step reads (and index_copy_ needs matching dtypes).
+        autocast = torch.is_autocast_enabled(device.type)
+        self._cache_dtype = torch.get_autocast_dtype(device.type) if autocast else self._dtype
         self._text_kv = self._alloc(text.transformer.resblocks, self.batch, device)
         self._dec_kv = self._alloc(decoder.resblocks, self.batch, device)
         self._key_valid = torch.zeros(self.batch, max_len, dtype=torch.bool, device=device)
@@ -67,7 +71,7 @@ class CachedDecoder:
         attn = blocks[0].attn
         heads, width = attn.heads, attn.out_proj.in_features
         shape = (2, len(blocks), rows, heads, self.max_len, width // heads)
-        return torch.zeros(shape, device=device, dtype=self._dtype)
+        return torch.zeros(shape, device=device, dtype=self._cache_dtype)
 
     # --- protocol ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -116,6 +120,18 @@ class CachedDecoder:
             self._last_token[:new_batch] = self._last_token[index]
         self.batch = new_batch
         self._set_layout(self._row_image[rows_cpu])
+
+    def follow_beams(self, rows: torch.Tensor) -> None:
+        """reorder() for beam search's common step: `rows` (B,) on the device, same row count,
+        each row taken from a row of its own image. The image layout cannot change, so no host
+        copy of `rows` is needed: this skips reorder()'s device sync (one per decoding step)."""
+        if rows.shape != (self.batch,):
+            raise ValueError(f"follow_beams expects {self.batch} rows, got {tuple(rows.shape)}")
+        t = self.length
+        self._text_kv[:, :, : self.batch, :, :t] = self._text_kv[:, :, rows, :, :t]
+        self._dec_kv[:, :, : self.batch, :, :t] = self._dec_kv[:, :, rows, :, :t]
+        self._key_valid[: self.batch] = self._key_valid[rows]
+        self._last_token[: self.batch] = self._last_token[rows]
 
     # --- the two step paths -----------------------------------------------------------------
     def _step_prompt(self, tokens: torch.Tensor) -> torch.Tensor:

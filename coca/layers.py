@@ -143,12 +143,12 @@ class ResidualBlock(nn.Module):
         q, k, v = self.attn.project_qkv(self.ln_1(x))  # (B, H, T, Dh)
         if isinstance(position, int):
             end = position + x.shape[1]
-            k_cache[:, :, position:end] = k
-            v_cache[:, :, position:end] = v
+            k_cache[:, :, position:end] = k.to(k_cache.dtype)
+            v_cache[:, :, position:end] = v.to(v_cache.dtype)
             k_cache, v_cache = k_cache[:, :, :end], v_cache[:, :, :end]
         else:
-            k_cache.index_copy_(2, position, k)
-            v_cache.index_copy_(2, position, v)
+            k_cache.index_copy_(2, position, k.to(k_cache.dtype))
+            v_cache.index_copy_(2, position, v.to(v_cache.dtype))
         out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
         x = x + self.attn.output(out)
         return x + self.mlp(self.ln_2(x))

@@ -194,6 +194,24 @@ def test_incremental_decoder_bfloat16_follows_fp32(tiny_model: CoCa) -> None:
     assert float((got.float() - expected).abs().max() / expected.abs().max()) < 5e-2
 
 
+def test_incremental_decoder_under_autocast_caches_in_autocast_dtype(tiny_model: CoCa) -> None:
+    """fp32 weights under bf16 autocast (the GPU indexer's mode): caches take the autocast dtype,
+    prompt and one-token steps run, and the logits stay close to fp32."""
+    images = torch.randn(2, 3, 32, 32)
+    prompt = torch.tensor([[SOT, 320], [SOT, 539]])
+    with torch.no_grad():
+        tokens = tiny_model.encode_image_with_tokens(images).tokens
+        ref = tiny_model.incremental_decoder(tokens)
+        ref.step(prompt)
+        expected = ref.step(torch.tensor([[7], [8]]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            decoder = tiny_model.incremental_decoder(tokens)
+            decoder.step(prompt)
+            got = decoder.step(torch.tensor([[7], [8]]))
+    assert decoder._text_kv.dtype == torch.bfloat16
+    assert float((got.float() - expected).abs().max() / expected.abs().max()) < 5e-2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_incremental_decoder_cuda_graphs_match_eager(tiny_config: Any) -> None:
     torch.manual_seed(0)
