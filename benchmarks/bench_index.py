@@ -39,7 +39,7 @@ import coca  # noqa: E402
 import storage  # noqa: E402
 from coca.generate import DecodingConfig  # noqa: E402
 from indexer.decode import DecodeConfig  # noqa: E402
-from indexer.encode import EncodeConfig, resolve_device  # noqa: E402
+from indexer.encode import EncodeConfig, default_cpu_threads, resolve_device  # noqa: E402
 from indexer.pipeline import IndexConfig, register_model, run_index  # noqa: E402
 from indexer.scan import walk_images  # noqa: E402
 from search_app.search import DataLayout  # noqa: E402
@@ -100,8 +100,8 @@ def write_photos(folder: Path, count: int, size: tuple[int, int]) -> float:
 
 def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or default_cpu_threads())  # as `coca-search index`
     width, height = (int(v) for v in args.size.lower().split("x"))
     photos, layout = workdir / "photos", DataLayout(workdir / "data")
     write_seconds = write_photos(photos, args.count, (width, height))
@@ -208,7 +208,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the JPEG files")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: CPUs - 1)")
     parser.add_argument("--caption-tokens", type=int, default=20)
     parser.add_argument("--no-captions", action="store_true")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")

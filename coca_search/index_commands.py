@@ -84,7 +84,7 @@ def index_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     # Annotated, so that callers of this function (coca-search demo) may leave it out.
     threads: Annotated[
-        int, typer.Option("--threads", min=0, max=256, help="torch CPU threads (0: default).")
+        int, typer.Option("--threads", min=0, max=256, help="torch CPU threads (0: CPUs - 1).")
     ] = 0,
 ) -> None:
     """Index a photo folder: captions + embeddings into the catalog, vectors into the index."""
@@ -96,13 +96,14 @@ def index_command(
     if not photos_dir.is_dir():
         raise _fail(f"{photos_dir} is not a folder; pass the folder that holds your photos")
     layout = DataLayout((data or default_data_dir()).expanduser())
-    if threads:
+    resolved = _device(device)
+    if threads or resolved == "cpu":
         import torch
 
-        # On a busy or small CPU, fewer model threads than cores (leaving room for the decode
-        # workers) avoids OpenMP threads spinning while they wait for a core.
-        torch.set_num_threads(threads)
-    loaded = _load_model(model, _device(device))
+        from indexer.encode import default_cpu_threads
+
+        torch.set_num_threads(threads or default_cpu_threads())
+    loaded = _load_model(model, resolved)
     catalog = _open_catalog(layout.data_dir)
     config = IndexConfig(
         photos_dir=photos_dir,

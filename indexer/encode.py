@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -75,6 +76,16 @@ def model_identity(model: torch.nn.Module) -> ModelIdentity:
             digest.update(sample.cpu().numpy().tobytes())
     source = str(getattr(model, "source", None) or "unknown")
     return ModelIdentity(source, digest.hexdigest()[:32], int(model.config.embed_dim))
+
+
+def default_cpu_threads() -> int:
+    """torch threads for CPU indexing: one core fewer than the machine has (at least one).
+
+    The decode workers and the commit thread need a core too. When every core also runs a torch
+    (OpenMP) thread, those threads spin waiting for each other while a decoder holds their core:
+    measured on a 2-core machine, 2 torch threads indexed 10x slower than 1.
+    """
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def resolve_device(choice: str) -> torch.device:
