@@ -158,6 +158,25 @@ def escape(text: str) -> str:
     return text
 
 
+# Decoding settings worth showing per generation type; the rest are defaults that did not apply.
+_DECODING_FIELDS = {
+    "greedy": ("seq_len", "min_seq_len", "repetition_penalty"),
+    "beam_search": ("seq_len", "min_seq_len", "num_beams", "num_beam_groups", "length_penalty"),
+    "top_k": ("seq_len", "min_seq_len", "top_k", "temperature"),
+    "top_p": ("seq_len", "min_seq_len", "top_p", "temperature"),
+}
+
+
+def decoding_summary(decoding: dict) -> str:
+    """'greedy, seq_len=20, min_seq_len=5' from a caption's stored decoding settings."""
+    kind = str(decoding.get("generation_type", ""))
+    fields = _DECODING_FIELDS.get(
+        kind, tuple(sorted(k for k in decoding if k != "generation_type"))
+    )
+    shown = [f"{name}={decoding[name]}" for name in fields if name in decoding]
+    return ", ".join([kind, *shown] if kind else shown) or "not recorded"
+
+
 def format_date(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%d %H:%M") if value else None
 

@@ -242,7 +242,11 @@ def test_app_detail_shows_caption_provenance_and_metadata(
     assert not app.exception
     assert app.subheader[0].value.replace("\\", "") == detail.caption.text
     assert library.model in app.caption[0].value.replace("\\", "")
-    assert "generation_type=greedy" in app.caption[1].value.replace("\\", "")
+    assert (
+        app.caption[1].value.replace("\\", "")
+        == "Decoding: greedy, seq_len=8, min_seq_len=2, repetition_penalty=1.0"
+    )
+    assert "num_beams=6" in app.caption[1].help.replace("\\", "")  # every setting on hover
     facts = app.markdown[0].value.replace("\\", "")
     assert f"**Path:** {detail.image.abs_path}" in facts
     assert "160 × 120 px" in facts and "**Camera:** coca-world procedural camera" in facts

@@ -231,7 +231,7 @@ def test_browser_detail_view_shows_photo_caption_and_metadata(page: object, serv
     _search(page, server.url, "a blue boat")
     page.get_by_role("link", name="Details").first.click()
     page.wait_for_url("**/detail?id=*", timeout=WAIT_MS)
-    page.get_by_text("Decoding settings:").wait_for(timeout=WAIT_MS)
+    page.get_by_text("Decoding: ").wait_for(timeout=WAIT_MS)
     page.get_by_text("Similar photos").wait_for(timeout=WAIT_MS)
     _wait_images(page)
     page.screenshot(path=str(SCREENSHOTS / "coca_app_detail.png"), full_page=True)

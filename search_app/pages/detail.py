@@ -46,8 +46,11 @@ def _caption(detail: ImageDetail) -> None:
         f"{caption.created_at:%Y-%m-%d %H:%M}"
         + (f", score {caption.score:.3f}" if caption.score is not None else "")
     )
-    settings = ", ".join(f"{name}={value}" for name, value in sorted(caption.decoding.items()))
-    st.caption(f"Decoding settings: {ui.escape(settings or 'not recorded')}")
+    every = ", ".join(f"{name}={value}" for name, value in sorted(caption.decoding.items()))
+    st.caption(
+        f"Decoding: {ui.escape(ui.decoding_summary(caption.decoding))}",
+        help=ui.escape(every) if every else None,
+    )
 
 
 def _metadata(detail: ImageDetail) -> None:
