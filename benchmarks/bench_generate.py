@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bandwidth", type=float, help="bytes/s; default: detected from the card")
     p.add_argument("--tiny", action="store_true", help="coca_tiny, batch 4: a CPU smoke test")
+    p.add_argument(
+        "--no-reference", action="store_true", help="skip open_clip (ours on our own random init)"
+    )
+    p.add_argument(
+        "--kernel-table", type=int, default=0, help="write the N costliest kernels per step (GPU)"
+    )
     p.add_argument("--reference-job", type=Path, help=argparse.SUPPRESS)  # child process mode
     args = p.parse_args(argv)
     if args.tiny:
@@ -193,10 +199,13 @@ class CountingDecoder:
     def reorder(self, rows: torch.Tensor) -> None:
         self.decoder.reorder(rows)
 
+    def follow_beams(self, rows: torch.Tensor) -> None:
+        self.decoder.follow_beams(rows)  # as beam search drives the real decoder (no host sync)
+
 
 def run_ours(args: argparse.Namespace, model: Any, images: torch.Tensor, prefix: str) -> dict:
     """Captions/s end to end and decoding alone, greedy and beam, and the vision tower alone;
-    with per-step metrics unless under autocast. Errors are recorded, not raised."""
+    with per-step metrics. Errors are recorded, not raised."""
     from coca.generate import DecodingConfig, generate_from_tokens
 
     dev, batch, result = args.device, args.batch, {}
@@ -215,8 +224,7 @@ def run_ours(args: argparse.Namespace, model: Any, images: torch.Tensor, prefix:
                 result[f"{prefix}{kind}_ids"] = ids.cpu()
                 run = lambda c=config: generate_from_tokens(model, enc.tokens, c)  # noqa: E731
                 result[f"{prefix}{kind}_decode"] = rate(timed(run, args.repeats, dev)[0], batch)
-                if not torch.is_autocast_enabled(dev.split(":")[0]):
-                    result[f"{prefix}{kind}_step"] = step_metrics(args, model, enc.tokens, config)
+                result[f"{prefix}{kind}_step"] = step_metrics(args, model, enc.tokens, config)
     except Exception:
         result[f"{prefix}error"] = traceback.format_exc()
         logger.error("%s failed:\n%s", prefix, result[f"{prefix}error"])
@@ -238,7 +246,7 @@ def step_metrics(args: argparse.Namespace, model: Any, tokens: torch.Tensor, con
     times, counter = timed(run, args.repeats, args.device)
     out: dict[str, Any] = {"steps": counter.steps, "ms": 1000 * min(times) / counter.steps}
     if args.device.startswith("cuda"):
-        out.update(count_kernels(run, counter.steps))
+        out.update(count_kernels(run, counter.steps, args.kernel_table))
     rows = tokens.shape[0] * (config.num_beams if config.is_beam_search else 1)
     out["bytes"] = bytes_per_step(model, config.seq_len, tokens.shape[0], rows)
     bandwidth = args.bandwidth or card_bandwidth(args.device)
@@ -258,8 +266,9 @@ def card_bandwidth(device: str) -> float | None:
     return next((bw for key, bw in BANDWIDTH.items() if key in name), None)
 
 
-def count_kernels(run: Callable[[], Any], steps: int) -> dict:
-    """Device kernels and host launch calls (kernels + CUDA graphs) per step, by torch.profiler."""
+def count_kernels(run: Callable[[], Any], steps: int, top: int = 0) -> dict:
+    """Device kernels and host launch calls (kernels + CUDA graphs) per step, by torch.profiler;
+    with `top`, also the `top` kernels (by name) with the most device time per step."""
     from torch.profiler import ProfilerActivity, profile
 
     launch_calls = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cudaGraphLaunch")
@@ -274,13 +283,34 @@ def count_kernels(run: Callable[[], Any], steps: int) -> dict:
             for e in prof.events()
             if e.device_type.name == "CUDA" and "Memcpy" not in e.name and "Memset" not in e.name
         )
-        return {
+        out = {
             "kernels_per_step": kernels / steps,
             "launches_per_step": launches / steps,
             "graph_launches_per_step": graphs / steps,
         }
+        if top:
+            out["top_kernels"] = kernel_table(prof.events(), steps, top)
+        return out
     except Exception as exc:  # the profiler is optional; never lose the timings for it
         return {"profiler_error": repr(exc)}
+
+
+def kernel_table(events: Any, steps: int, top: int) -> list[dict[str, Any]]:
+    """Device time and count per step of each kernel name, the costliest `top` first."""
+    by_name: dict[str, list[float]] = {}
+    for e in events:
+        if e.device_type.name != "CUDA":
+            continue
+        entry = by_name.setdefault(e.name[:120], [0.0, 0])
+        entry[0] += e.time_range.elapsed_us()
+        entry[1] += 1
+    rows = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]
+    total = sum(us for us, _ in by_name.values())
+    table = [{"kernel": "(all)", "us_per_step": total / steps, "per_step": 0.0}]
+    table += [
+        {"kernel": k, "us_per_step": us / steps, "per_step": n / steps} for k, (us, n) in rows
+    ]
+    return table
 
 
 def bytes_per_step(model: Any, seq_len: int, images: int, rows: int) -> dict[str, float]:
@@ -360,7 +390,10 @@ def bench_model(args: argparse.Namespace, name: str, work: Path) -> dict[str, An
     images = torch.randn(args.batch, 3, size, size, generator=g)  # fp32, the same for both
     torch.save(images, work / "images.pt")
     logger.info("%s: reference", name)
-    ref = reference_in_subprocess(args, name, work)
+    if args.no_reference:
+        ref: dict[str, Any] = {"error": "skipped (--no-reference)"}
+    else:
+        ref = reference_in_subprocess(args, name, work)
     images = images.to(args.device)
     logger.info("%s: ours fp32 and bf16 autocast", name)
     model = load_ours(args, name, work / "open_clip_folder", torch.float32)
@@ -430,7 +463,7 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], meta: dict[str, 
     nan = float("nan")
     for name, r in results.items():
         for kind in ("greedy", "beam"):
-            for prefix in ("fp32_", "bf16_"):
+            for prefix in ("fp32_", "autocast_", "bf16_"):
                 s = r.get(f"{prefix}{kind}_step")
                 if not s:
                     continue
@@ -443,6 +476,16 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], meta: dict[str, 
                     f"{f['weights']:.3f} ms | {f['weights_and_kv']:.3f} ms | "
                     f"{x['weights']:.1f} / {x['weights_and_kv']:.1f} |"
                 )
+    for name, r in results.items():
+        for key, s in r.items():
+            if not key.endswith("_step") or "top_kernels" not in s:
+                continue
+            lines += ["", f"Costliest kernels, {name} {key[:-5]} (µs and launches per step):", ""]
+            lines += ["| µs/step | per step | kernel |", "|---|---|---|"]
+            lines += [
+                f"| {k['us_per_step']:.1f} | {k['per_step']:.0f} | `{k['kernel'][:90]}` |"
+                for k in s["top_kernels"]
+            ]
     lines += ["", "Checks:", ""]
     for name, r in results.items():
         errors = {k: v for k, v in r.items() if k.endswith("error")}

@@ -17,14 +17,15 @@ V vocabulary, Lyr layers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from coca.decoder import MultimodalDecoder, check_rows
-from coca.layers import CrossBlock
+from coca.layers import CrossBlock, attention_bias
 from coca.text import TextTransformer, causal_mask, legacy_key_mask
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,11 @@ class CachedDecoder:
         self._slots = torch.arange(max_len, device=device)  # (T_max,)
         # Cross-attention keys/values once per image and layer, never per row: (I, H, N, Dh) each.
         with torch.no_grad():
-            self._cross_kv = [block.image_kv(image_tokens) for block in decoder.cross_attn]
+            # Contiguous, so one-token steps fold (I, H) into one batch axis without a copy.
+            self._cross_kv = [
+                tuple(t.contiguous() for t in block.image_kv(image_tokens))
+                for block in decoder.cross_attn
+            ]
         self._row_image = torch.arange(self.batch)  # CPU: which image each row decodes
         self._rows_per_image: int | None = 1  # rows grouped by image, or None -> gather per row
         self._row_image_device = self._row_image.to(device)
@@ -156,11 +161,14 @@ class CachedDecoder:
         valid = (self._last_token[:rows] != self.text.pad_id) | (pos == 0)  # (B,)
         self._key_valid[:rows].index_copy_(1, pos, valid.unsqueeze(1))
         filled = self._slots <= pos  # (T_max,)
-        text_mask = (self._key_valid[:rows] & filled).view(rows, 1, 1, -1)  # (B, 1, 1, T_max)
-        dec_mask = filled.view(1, 1, 1, -1)
+        # Additive biases, built once per step and shared by every layer.
+        heads = self.text.transformer.resblocks[0].attn.heads
+        text_valid = self._key_valid[:rows] & filled  # (B, T_max)
+        text_bias = attention_bias(text_valid, heads, self._cache_dtype)  # (B*H, 1, T_max)
+        dec_bias = attention_bias(filled.view(1, -1), 1, self._cache_dtype)  # (1, 1, T_max)
         emb = self.text.token_embedding(tokens).to(self._dtype)  # (B, 1, D)
         x = emb + self.text.positional_embedding.index_select(0, pos)
-        logits = self._run_layers(x, pos, text_mask, dec_mask)
+        logits = self._run_layers(x, pos, text_bias, dec_bias)
         self._last_token[:rows].copy_(tokens[:, -1])
         pos.add_(1)
         return logits
@@ -172,23 +180,26 @@ class CachedDecoder:
         text_mask: torch.Tensor,
         dec_mask: torch.Tensor | None,
     ) -> torch.Tensor:
+        """Masks: boolean for the prompt path (int position), additive biases for one-token
+        steps (tensor position)."""
         rows = x.shape[0]
+        few = not isinstance(position, int)
         for i, block in enumerate(self.text.transformer.resblocks):
-            k, v = self._text_kv[0, i, :rows], self._text_kv[1, i, :rows]
-            x = block.forward_cached(x, k, v, position, text_mask)
+            x = block.forward_cached(x, self._text_kv[:, i, :rows], position, text_mask)
         pairs = zip(self.decoder.resblocks, self.decoder.cross_attn, strict=True)
         for i, (self_block, cross_block) in enumerate(pairs):
-            k, v = self._dec_kv[0, i, :rows], self._dec_kv[1, i, :rows]
-            x = self_block.forward_cached(x, k, v, position, dec_mask)
-            x = self._cross_attend(cross_block, x, i)
+            x = self_block.forward_cached(x, self._dec_kv[:, i, :rows], position, dec_mask)
+            x = self._cross_attend(cross_block, x, i, few)
         return self.decoder.logits(x[:, -1])  # (B, V)
 
-    def _cross_attend(self, block: CrossBlock, x: torch.Tensor, layer: int) -> torch.Tensor:
+    def _cross_attend(
+        self, block: CrossBlock, x: torch.Tensor, layer: int, few: bool
+    ) -> torch.Tensor:
         k, v = self._cross_kv[layer]
         if self._rows_per_image is not None:
-            return block.forward_with_kv(x, k, v, self._rows_per_image)
+            return block.forward_with_kv(x, k, v, self._rows_per_image, few)
         idx = self._row_image_device  # rows out of image order: gather a copy per row (rare)
-        return block.forward_with_kv(x, k[idx], v[idx], rows_per_image=1)
+        return block.forward_with_kv(x, k[idx], v[idx], 1, few)
 
     # --- reorder helpers --------------------------------------------------------------------
     def _gather_into_new(self, buffer: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -235,6 +246,10 @@ class _GraphCache:
     outputs go through static buffers; logits are cloned so callers may keep them. Each graph has
     its own memory pool (replay order across keys is arbitrary) and only the most recent
     `max_graphs` are kept. If capture fails, graphs are switched off and steps run eagerly.
+
+    Under CUDA autocast the step is captured with autocast's weight-cast cache off (a cached cast
+    made during capture would outlive the graph's memory): the graph then holds the casts
+    themselves, and the autocast dtype is part of the key.
     """
 
     def __init__(self, enabled: bool, max_graphs: int = 3) -> None:
@@ -250,8 +265,10 @@ class _GraphCache:
     def run(
         self, key: tuple, step: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor
     ) -> torch.Tensor:
-        if not self.enabled or torch.is_autocast_enabled("cuda"):
+        if not self.enabled:
             return step(tokens)
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        key = (*key, autocast)
         if key in self._graphs:
             graph, static_in, static_out = self._graphs[key]
             static_in.copy_(tokens)
@@ -261,19 +278,23 @@ class _GraphCache:
             self._seen.add(key)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), _no_autocast_cache(autocast):
                 out = step(tokens)
             torch.cuda.current_stream().wait_stream(side)
             return out
-        return self._capture(key, step, tokens)
+        return self._capture(key, step, tokens, autocast)
 
     def _capture(
-        self, key: tuple, step: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor
+        self,
+        key: tuple,
+        step: Callable[[torch.Tensor], torch.Tensor],
+        tokens: torch.Tensor,
+        autocast: torch.dtype | None,
     ) -> torch.Tensor:
         static_in = tokens.clone()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph), _no_autocast_cache(autocast):
                 static_out = step(static_in)
         except RuntimeError as exc:  # capture records without running, so no state has changed
             logger.warning("CUDA graph capture failed (%s); decoding without graphs", exc)
@@ -286,3 +307,13 @@ class _GraphCache:
         logger.debug("captured a CUDA graph for decoding step %s", key)
         graph.replay()  # capture records without running: run this step now
         return static_out.clone()
+
+
+@contextlib.contextmanager
+def _no_autocast_cache(dtype: torch.dtype | None) -> Iterator[None]:
+    """Re-enter CUDA autocast at `dtype` with the weight-cast cache off (None: do nothing)."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
+        yield

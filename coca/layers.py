@@ -128,30 +128,66 @@ class ResidualBlock(nn.Module):
     def forward_cached(
         self,
         x: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        kv_cache: torch.Tensor,
         position: int | torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Run new tokens x (B, T, D) with key/value caches (B, H, T_max, Dh).
+        """Run new tokens x (B, T, D) with this layer's key/value cache (2, B, H, T_max, Dh).
 
         position int: the tokens sit at position.., their keys/values are written there and the
-        filled prefix is attended. position tensor (1,) on the device (one token, no host sync,
-        CUDA-graph safe): written with index_copy_, and all T_max slots are attended, so `mask`
-        must hide the unfilled ones.
+        filled prefix is attended under the boolean `mask` (SDPA). position tensor (1,) on the
+        device (one token, no host sync, CUDA-graph safe): keys and values are written with one
+        index_copy_, all T_max slots are attended, and `mask` is an additive bias
+        (see `attend_few`) that must hide the unfilled slots.
         """
-        q, k, v = self.attn.project_qkv(self.ln_1(x))  # (B, H, T, Dh)
+        attn = self.attn
+        b, t, d = x.shape
+        qkv = F.linear(self.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # (B, T, 3D)
+        qkv = qkv.view(b, t, 3, attn.heads, d // attn.heads)
+        q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, Dh)
+        kv = qkv[:, :, 1:].permute(2, 0, 3, 1, 4).to(kv_cache.dtype)  # (2, B, H, T, Dh)
         if isinstance(position, int):
-            end = position + x.shape[1]
-            k_cache[:, :, position:end] = k.to(k_cache.dtype)
-            v_cache[:, :, position:end] = v.to(v_cache.dtype)
-            k_cache, v_cache = k_cache[:, :, :end], v_cache[:, :, :end]
+            end = position + t
+            kv_cache[:, :, :, position:end] = kv
+            k, v = kv_cache[0, :, :, :end], kv_cache[1, :, :, :end]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            k_cache.index_copy_(2, position, k.to(k_cache.dtype))
-            v_cache.index_copy_(2, position, v.to(v_cache.dtype))
-        out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
-        x = x + self.attn.output(out)
+            kv_cache.index_copy_(3, position, kv)
+            out = attend_few(q, kv_cache[0], kv_cache[1], mask)
+        x = x + attn.output(out)
         return x + self.mlp(self.ln_2(x))
+
+
+def attend_few(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Softmax attention for a few queries per (row, head), as batched matrix products.
+
+    q (B, H, T, Dh); k, v (B, H, S, Dh) with the (B, H) axes mergeable without a copy (a cache
+    slice or contiguous); bias None or additive float (B*H or 1, T or 1, S), 0 or -inf.
+    One-token decoding has T = 1 (or a few beams folded into T): SDPA's fused kernels tile 32-128
+    queries, so most of their work would be padding, and a masked call adds mask conversion
+    kernels at every layer. Here: scaled scores + bias in one baddbmm, a softmax, one bmm.
+    """
+    b, h, t, dh = q.shape
+    s = k.shape[2]
+    q3 = q.reshape(b * h, t, dh)
+    k3, v3 = k.reshape(b * h, s, dh), v.reshape(b * h, s, dh)
+    scale = dh**-0.5
+    if bias is None:
+        scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(scale)  # (B*H, T, S)
+    else:
+        scores = torch.baddbmm(bias.to(q3.dtype), q3, k3.transpose(1, 2), alpha=scale)
+    probs = scores.softmax(dim=-1).to(v3.dtype)
+    return torch.bmm(probs, v3).view(b, h, t, dh)
+
+
+def attention_bias(valid: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive bias for `attend_few` from key validity (B, S) bool: (B*H, 1, S), 0 or -inf."""
+    b, s = valid.shape
+    bias = torch.zeros(b, heads, 1, s, dtype=dtype, device=valid.device)
+    bias.masked_fill_(~valid.view(b, 1, 1, s), -float("inf"))
+    return bias.view(b * heads, 1, s)
 
 
 class CrossBlock(nn.Module):
@@ -175,17 +211,26 @@ class CrossBlock(nn.Module):
         return self.forward_with_kv(x, k, v, rows_per_image=1)
 
     def forward_with_kv(
-        self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_image: int
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rows_per_image: int,
+        few_queries: bool = False,
     ) -> torch.Tensor:
         """x (B, T, D) with rows grouped by image, `rows_per_image` consecutive rows per image;
         k, v (B // rows_per_image, H, N, Dh). The rows of one image are folded into the query axis,
-        so all beams of an image read one copy of its keys/values."""
+        so all beams of an image read one copy of its keys/values. `few_queries` (one-token
+        decoding; k, v contiguous) uses `attend_few` instead of SDPA."""
         q = self.attn.project_q(self.ln_1(x))  # (B, H, T, Dh)
         b, h, t, dh = q.shape
         r = rows_per_image
         if r > 1:
             q = q.view(b // r, r, h, t, dh).transpose(1, 2).reshape(b // r, h, r * t, dh)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B/r, H, r*T, Dh)
+        if few_queries:
+            out = attend_few(q, k, v, None)  # (B/r, H, r*T, Dh)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B/r, H, r*T, Dh)
         if r > 1:
             out = out.view(b // r, h, r, t, dh).transpose(1, 2).reshape(b, h, t, dh)
         x = x + self.attn.output(out)

@@ -232,3 +232,20 @@ def test_incremental_decoder_cuda_graphs_match_eager(tiny_config: Any) -> None:
         ids = torch.randint(0, 600, (graphed.batch, 1), generator=g).cuda()
         assert torch.allclose(graphed.step(ids), eager.step(ids), atol=1e-4)
     assert graphed._graphs._graphs  # a graph was captured and replayed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_incremental_decoder_cuda_graphs_under_autocast_match_eager(tiny_config: Any) -> None:
+    """bf16 autocast (the GPU indexer's mode) replays captured graphs too, with eager's logits."""
+    torch.manual_seed(0)
+    model = CoCa(tiny_config).eval().cuda()
+    tokens = model.encode_image_with_tokens(torch.randn(3, 3, 32, 32, device="cuda")).tokens
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        graphed = model.incremental_decoder(tokens, max_len=20, cuda_graphs=True)
+        eager = model.incremental_decoder(tokens, max_len=20, cuda_graphs=False)
+        for _ in range(8):
+            ids = torch.randint(0, 600, (3, 1), generator=g).cuda()
+            got, expected = graphed.step(ids).float(), eager.step(ids).float()
+            assert torch.allclose(got, expected, atol=1e-2, rtol=1e-2)
+    assert graphed._graphs._graphs  # captured under autocast, then replayed
