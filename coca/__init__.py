@@ -8,6 +8,7 @@ model.caption([pil_image])
 from coca.checkpoint import CheckpointError, load, save_bundle
 from coca.config import PRESETS, CocaConfig, DecoderConfig, TextConfig, VisionConfig, get_config
 from coca.generate import DecodingConfig
+from coca.identity import ModelIdentity, model_identity
 from coca.loss import CocaLoss, CocaLossOutput
 from coca.model import CoCa, CocaOutput, ImageEncoding
 from coca.preprocess import Preprocess, PreprocessConfig
@@ -24,6 +25,7 @@ __all__ = [
     "DecoderConfig",
     "DecodingConfig",
     "ImageEncoding",
+    "ModelIdentity",
     "Preprocess",
     "PreprocessConfig",
     "TextConfig",
@@ -31,5 +33,6 @@ __all__ = [
     "VisionConfig",
     "get_config",
     "load",
+    "model_identity",
     "save_bundle",
 ]

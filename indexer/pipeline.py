@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
+from coca.identity import model_identity
 from indexer.decode import DecodeConfig, DecodedImage, DecodeResult, decode_all
-from indexer.encode import BatchEncoder, EncodeConfig, model_identity
+from indexer.encode import BatchEncoder, EncodeConfig
 from indexer.scan import FoundFile, ScanDiff, diff_library, walk_images
 from storage import (
     Catalog,

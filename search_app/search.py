@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from indexer.encode import model_identity
+from coca.identity import model_identity
 from storage import Catalog, ImageDetail, ImageFilter, VectorIndex, open_or_rebuild
 from storage.vector_files import IndexFileError
 

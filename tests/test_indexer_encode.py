@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import coca
-from indexer.encode import BatchEncoder, EncodeConfig, model_identity, resolve_device
+from coca import model_identity
+from indexer.encode import BatchEncoder, EncodeConfig, resolve_device
 from tests.test_indexer_support import fast_decoding, save_tiny_bundle
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -199,3 +201,14 @@ def test_search_rebuilds_in_memory_from_a_corrupt_index_file(
     engine = open_engine(data, tiny_model)
     assert len(engine.search_text("noise", k=13).results) == 13
     assert index_files[0].read_bytes() == b"not a faiss file"  # readers never write the index
+
+
+def test_search_engine_imports_no_indexer() -> None:
+    # The package boundary (docs/ARCHITECTURE.md): search_app uses coca and storage only.
+    code = (
+        "import sys, search_app.search; "
+        "bad = sorted(m for m in sys.modules if m == 'indexer' or m.startswith('indexer.')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
