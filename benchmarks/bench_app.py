@@ -97,7 +97,7 @@ def _model_source(folder: Path) -> tuple[str, bool]:
     """("default", True) when the default model is installed, else a tiny bundle."""
     if (ROOT / "coca" / "default_model" / "config.json").is_file():
         return "default", True
-    from tests.test_indexer_support import save_tiny_bundle
+    from tests.indexer_support import save_tiny_bundle
 
     bundle = folder / "tiny_model"
     if not (bundle / "config.json").is_file():

@@ -14,7 +14,7 @@ from coca_search import app_commands
 from coca_search.cli import _register_commands, app
 from search_app.settings import AppSettings
 from search_app.thumbnails import ImageUnavailableError, ThumbnailCache, render_image
-from tests.test_indexer_support import RED, rotated_jpeg_bytes
+from tests.indexer_support import RED, rotated_jpeg_bytes
 
 runner = CliRunner()
 _register_commands()

@@ -15,8 +15,8 @@ from indexer.decode import DecodeConfig
 from indexer.encode import EncodeConfig
 from indexer.pipeline import IndexConfig, register_model, run_index
 from search_app.search import DataLayout
+from tests.indexer_support import fast_decoding
 from tests.test_app_support import LIBRARY_SEED, build_library, tiny_model_folder
-from tests.test_indexer_support import fast_decoding
 
 APP = str(Path(__file__).resolve().parent.parent / "search_app" / "app.py")
 FIRST, TOTAL = 6, 30

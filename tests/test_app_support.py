@@ -16,7 +16,7 @@ from indexer.encode import EncodeConfig
 from indexer.pipeline import IndexConfig, register_model, run_index
 from search_app.search import DataLayout
 from search_app.settings import ENV_DATA, ENV_DEVICE, ENV_MODEL
-from tests.test_indexer_support import fast_decoding, save_tiny_bundle
+from tests.indexer_support import fast_decoding, save_tiny_bundle
 
 LIBRARY_SEED = 424_242
 DEFAULT_MODEL_DIR = Path(coca.__file__).parent / "default_model"

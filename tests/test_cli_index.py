@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import storage
 from coca_search import cli
 from search_app.search import DataLayout
-from tests.test_indexer_support import make_bad_corpus, save_tiny_bundle, write_library
+from tests.indexer_support import make_bad_corpus, save_tiny_bundle, write_library
 
 REPO = Path(__file__).resolve().parents[1]
 # One torch thread per process: the machine's cores are shared, and spinning OpenMP threads

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from indexer.decode import DecodeConfig, decode_all, decode_image, decode_or_error
-from tests.test_indexer_support import (
+from tests.indexer_support import (
     BLUE,
     RED,
     make_bad_corpus,

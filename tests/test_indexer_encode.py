@@ -11,7 +11,7 @@ import torch
 import coca
 from coca import model_identity
 from indexer.encode import BatchEncoder, EncodeConfig, resolve_device
-from tests.test_indexer_support import fast_decoding, save_tiny_bundle
+from tests.indexer_support import fast_decoding, save_tiny_bundle
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from indexer.pipeline import (
     register_model,
     run_index,
 )
-from tests.test_indexer_support import (
+from tests.indexer_support import (
     fast_decoding,
     make_bad_corpus,
     save_tiny_bundle,

@@ -11,7 +11,7 @@ import pytest
 from indexer.scan import FoundFile, diff_library, walk_images
 from storage.hashing import content_hash
 from storage.records import KnownFile
-from tests.test_indexer_support import make_bad_corpus, write_library
+from tests.indexer_support import make_bad_corpus, write_library
 
 
 def _known(root: Path, files: list[FoundFile]) -> dict[str, KnownFile]:

@@ -29,7 +29,7 @@ from search_app.search import (
     open_engine,
     open_upload,
 )
-from tests.test_indexer_support import fast_decoding, save_tiny_bundle, write_library, write_photo
+from tests.indexer_support import fast_decoding, save_tiny_bundle, write_library, write_photo
 
 
 @pytest.fixture(scope="module")

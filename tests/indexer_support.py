@@ -1,6 +1,6 @@
 """Builders shared by the indexer tests: tiny photo libraries and a corpus of awkward files.
 
-This module holds no tests; it is named like one so that it lives with the indexer's tests.
+This module holds no tests (so its name does not start with test_, and pytest does not collect it).
 """
 
 from __future__ import annotations
