@@ -150,7 +150,7 @@ def run_index(
         diff = diff_library(root, walk_images(root), catalog.known_files(root.as_posix()))
         removed = _apply_removals(catalog, index, diff)
         _apply_moves(catalog, index, root.as_posix(), diff)
-        work = _plan_work(catalog, model_id, root.as_posix(), diff)
+        work = _plan_work(catalog, model_id, root.as_posix(), diff, config.encode.captions)
         scan_seconds = time.perf_counter() - scan_start
         logger.info(
             "%s: %d new, %d changed, %d moved, %d removed, %d unchanged; %d to index",
@@ -219,13 +219,20 @@ def _apply_moves(catalog: Catalog, index: VectorIndex, root: str, diff: ScanDiff
             index.remove(displaced)
 
 
-def _plan_work(catalog: Catalog, model_id: int, root: str, diff: ScanDiff) -> list[WorkItem]:
-    """New and changed files, plus catalogued files this model has not embedded yet."""
+def _plan_work(
+    catalog: Catalog, model_id: int, root: str, diff: ScanDiff, captions: bool
+) -> list[WorkItem]:
+    """New and changed files, plus catalogued files this model has not embedded yet (or, when
+    captioning, not captioned yet: a `--no-captions` run leaves those)."""
     work = [WorkItem(f, None, diff.hashes.get(f.relative_path)) for f in diff.new + diff.changed]
     planned = {item.file.relative_path for item in work}
     found = {f.relative_path: f for f in diff.unchanged}
     found.update((m.new.relative_path, m.new) for m in diff.moved)
-    for record in catalog.images_needing_work(model_id, root):
+    pending = catalog.images_needing_work(model_id, root)
+    if captions:
+        # One vision pass gives both outputs, so these are redone whole (embedding too).
+        pending += catalog.images_missing_caption(model_id, root)
+    for record in pending:
         file = found.get(record.path)
         if file is not None and record.path not in planned:
             work.append(WorkItem(file, record.id, record.content_hash))

@@ -113,6 +113,22 @@ class CatalogQueries:
             rows = session.execute(stmt.order_by(Image.id).limit(limit)).scalars()
             return [image_record(row) for row in rows]
 
+    def images_missing_caption(self, model_id: int, root: str | None = None) -> list[ImageRecord]:
+        """Images with status ok and an embedding by `model_id` but no caption by it, in id order.
+
+        What a `--no-captions` run leaves behind: a later run with captions redoes them.
+        """
+        has_embedding = exists().where(
+            Embedding.image_id == Image.id, Embedding.model_id == model_id
+        )
+        has_caption = exists().where(Caption.image_id == Image.id, Caption.model_id == model_id)
+        stmt = select(Image).where(Image.status == ImageStatus.OK, has_embedding, ~has_caption)
+        if root is not None:
+            stmt = stmt.where(Image.root == root)
+        with self.db.session() as session:
+            rows = session.execute(stmt.order_by(Image.id)).scalars()
+            return [image_record(row) for row in rows]
+
     def embedding_fingerprint(self, model_id: int) -> EmbeddingFingerprint:
         """Changes with any insert, delete or replacement of the model's embeddings (cheap)."""
         with self.db.session() as session:

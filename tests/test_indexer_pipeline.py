@@ -184,6 +184,22 @@ def test_pipeline_no_captions_stores_embeddings_only(library: Library) -> None:
     library.assert_consistent()
 
 
+def test_pipeline_captions_a_no_captions_run_on_the_next_run(library: Library) -> None:
+    write_library(library.photos, 5)
+    library.index(captions=False)
+    model_id = register_model(library.catalog, library.model)
+    ids = sorted(library.paths().values())
+    assert [r.id for r in library.catalog.images_missing_caption(model_id)] == ids
+    summary = library.index()
+    assert (summary.indexed, summary.unchanged) == (5, 5)
+    assert library.catalog.images_missing_caption(model_id) == []
+    details = library.catalog.get_images(ids, model_id)
+    assert all(d.caption is not None and d.caption.model_id == model_id for d in details)
+    library.assert_consistent()
+    assert library.index().indexed == 0  # nothing left to do
+    assert library.index(captions=False).indexed == 0  # embeddings-only runs don't redo them
+
+
 def test_pipeline_readers_see_no_lock_errors_while_indexing(library: Library) -> None:
     write_library(library.photos, 24)
     reader = storage.open_catalog(library.data / "catalog.db")

@@ -259,3 +259,17 @@ def test_storage_catalog_known_files_loads_100k_rows_fast(catalog: Catalog) -> N
     assert len(known) == 100_000 and known["d5/5000.jpg"].size == 5000
     # Relative bound: the CPUs are shared. Unloaded, this is ~0.3 s against ~0.1 s for the driver.
     assert elapsed < 4 * driver + 0.5, f"known_files {elapsed:.2f}s, driver fetch {driver:.2f}s"
+
+
+def test_storage_catalog_images_missing_caption_per_model(catalog: Catalog) -> None:
+    model_a = catalog.get_or_create_model("a", "c", DIM)
+    model_b = catalog.get_or_create_model("b", "c", DIM)
+    no_caption = IndexedFile(_meta("bare.jpg"), _vector(1))
+    bare, _ = catalog.store_indexed(model_a, [no_caption, _indexed("full.jpg")])
+    catalog.upsert_image(_meta("pending.jpg"))  # no embedding: images_needing_work covers it
+    catalog.store_indexed(model_b, [IndexedFile(_meta("other.jpg", root="/else"), _vector(2))])
+    assert [r.id for r in catalog.images_missing_caption(model_a)] == [bare]
+    assert catalog.images_missing_caption(model_a, root="/else") == []
+    assert [r.path for r in catalog.images_missing_caption(model_b)] == ["other.jpg"]
+    catalog.store_results(model_a, [ImageResult(bare, _vector(3), NewCaption("now captioned"))])
+    assert catalog.images_missing_caption(model_a) == []
