@@ -49,6 +49,9 @@ def get_model(source: str, device: str) -> torch.nn.Module:
 
     model = coca.load(source, device=_resolve_device(device))
     torch.set_grad_enabled(False)
+    # One query at a time per session: extra intra-op threads only spin against the thumbnail
+    # renderers and the other sessions on a small machine.
+    torch.set_num_threads(1)
     return model
 
 

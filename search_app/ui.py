@@ -7,35 +7,21 @@ Images are always looked up by catalog id: the path comes from the catalog row, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 
 import streamlit as st
 
 from search_app import resources
+from search_app.grid import Tile, detail_href, grid_html
 from search_app.search import SearchFilters
 from search_app.thumbnails import FULL_SIDE, THUMBNAIL_SIDE, RenderedImage
 from storage import Catalog
 
 logger = logging.getLogger(__name__)
 
-DETAIL_PAGE = "pages/detail.py"
-SEARCH_PAGE = "pages/search.py"
-GRID_COLUMNS = 4
-CAPTION_MISSING = "(no caption yet)"
-
-
-@dataclass(frozen=True)
-class Tile:
-    """What one grid cell shows; built from a search result or a browse row."""
-
-    id: int
-    path: Path  # the catalogued file of this id
-    caption: str | None
-    score: float | None = None
-    note: str | None = None  # e.g. the photo's date
+__all__ = ["Tile", "detail_href", "photo_grid", "show_image"]
 
 
 # -- images -------------------------------------------------------------------------------------
@@ -77,8 +63,9 @@ def filter_widgets(catalog: Catalog, key: str) -> SearchFilters:
         format_func=lambda f: labels.get(f, f or "All folders"),
         key=f"{key}-folder",
         help="Only photos in this folder and the folders below it.",
+        bind="query-params",
     )
-    use_dates = st.sidebar.toggle("Filter by date", key=f"{key}-use-dates")
+    use_dates = st.sidebar.toggle("Filter by date", key=f"{key}-use-dates", bind="query-params")
     date_from = date_to = None
     if use_dates:
         picked = st.sidebar.date_input(
@@ -87,6 +74,7 @@ def filter_widgets(catalog: Catalog, key: str) -> SearchFilters:
             min_value=date(1900, 1, 1),
             max_value=date(2100, 12, 31),
             key=f"{key}-dates",
+            bind="query-params",
         )
         if isinstance(picked, Sequence) and len(picked) == 2:
             date_from, date_to = picked
@@ -96,59 +84,15 @@ def filter_widgets(catalog: Catalog, key: str) -> SearchFilters:
 # -- grid ---------------------------------------------------------------------------------------
 
 
-def detail_link(image_id: int) -> str:
-    return f"detail?id={image_id}"
+def photo_grid(tiles: Sequence[Tile], *, keep_query: bool = False) -> None:
+    """Thumbnails with caption, score and path, rendered in parallel and laid out as one block.
 
-
-def photo_grid(
-    tiles: Sequence[Tile],
-    *,
-    on_similar: Callable[[int], None] | None = None,
-    key: str = "grid",
-) -> None:
-    """Thumbnails in rows of GRID_COLUMNS, each with its caption, score and path."""
-    # Render every thumbnail of the page at once, in parallel, before laying out the grid.
+    Each tile's "More like this" opens the search page by that photo; with `keep_query` it keeps
+    this page's query parameters (the search page binds its query and options to the URL).
+    """
     images = resources.get_thumbnails().get_many([(t.id, t.path) for t in tiles], THUMBNAIL_SIDE)
-    for start in range(0, len(tiles), GRID_COLUMNS):
-        columns = st.columns(GRID_COLUMNS, gap="medium")
-        for column, tile in zip(columns, tiles[start : start + GRID_COLUMNS], strict=False):
-            # The key gives the tile a stable CSS class (st-key-...) for browser tests.
-            with column.container(border=True, key=f"{key}-tile-{tile.id}"):
-                _tile(tile, images.get(tile.id), on_similar, key)
-
-
-def _tile(
-    tile: Tile,
-    image: RenderedImage | None,
-    on_similar: Callable[[int], None] | None,
-    key: str,
-) -> None:
-    _show_rendered(image, detail_link(tile.id))
-    # One markdown element for caption + facts: a page of tiles is a few hundred elements that
-    # the browser must lay out after every query, so each one saved per tile counts.
-    lines = [f"**{escape(tile.caption or CAPTION_MISSING)}**"]
-    facts = [f"score {tile.score:.3f}"] if tile.score is not None else []
-    if tile.note:
-        facts.append(tile.note)
-    if facts:
-        lines.append(f":small[:gray[{escape(' · '.join(facts))}]]")
-    st.markdown("  \n".join(lines))
-    st.caption(escape(short_path(tile.path)), help=escape(str(tile.path)))
-    actions = st.container(horizontal=True, vertical_alignment="center", gap="small")
-    actions.page_link(DETAIL_PAGE, label="Details", query_params={"id": str(tile.id)})
-    if on_similar is not None:
-        actions.button(
-            "More like this",
-            key=f"{key}-like-{tile.id}",
-            on_click=on_similar,
-            args=(tile.id,),
-            type="tertiary",
-        )
-
-
-def short_path(path: Path) -> str:
-    """The file's folder and name: enough to recognise it in a tile (the tooltip has it all)."""
-    return "/".join(path.parts[-2:]) if len(path.parts) > 2 else str(path)
+    params = st.query_params.to_dict() if keep_query else {}
+    st.html(grid_html(tiles, images, params))
 
 
 def escape(text: str) -> str:

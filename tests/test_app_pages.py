@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import io
-import re
 from datetime import date
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app_support import AppLibrary, build_library, tiny_model_folder
+from tests.test_app_support import (
+    AppLibrary,
+    GridTile,
+    build_library,
+    parse_grid,
+    tiny_model_folder,
+)
 
 APP = str(Path(__file__).resolve().parent.parent / "search_app" / "app.py")
 COUNT = 14  # more than one browse page of 12
@@ -28,10 +34,17 @@ def library(tmp_path_factory: pytest.TempPathFactory, models: tuple[str, str]) -
     return build_library(tmp_path_factory.mktemp("app_library"), COUNT, models[0])
 
 
-def _app(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], page: str | None = None) -> AppTest:
+def _app(
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    page: str | None = None,
+    params: dict[str, str] | None = None,
+) -> AppTest:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     app = AppTest.from_file(APP, default_timeout=120)
+    for name, value in (params or {}).items():
+        app.query_params[name] = value
     app.run()
     if page is not None:
         app.switch_page(page).run()
@@ -45,22 +58,13 @@ def _search(app: AppTest, query: str) -> AppTest:
     return app
 
 
-TILE_TEXT = re.compile(r"\*\*(.*)\*\*(?:  \n:small\[:gray\[(.*)\]\])?", re.DOTALL)
-
-
-def _tile_texts(app: AppTest) -> list[tuple[str, str]]:
-    """(caption, facts such as 'score 0.31 · 2024-04-16 17:10') of each tile, in order."""
-    found = []
-    for element in app.markdown:
-        match = TILE_TEXT.fullmatch(element.value.replace("\\", ""))
-        if match:
-            found.append((match.group(1), match.group(2) or ""))
-    return found
+def _tiles(app: AppTest) -> list[GridTile]:
+    """The photo grid's tiles on the current page, in order."""
+    return [tile for block in app.html for tile in parse_grid(block.value)]
 
 
 def _result_paths(app: AppTest) -> list[str]:
-    # Each tile shows its path as a caption whose help (tooltip) is the full path, escaped.
-    return [c.help.replace("\\", "") for c in app.caption if c.help]
+    return [tile.path for tile in _tiles(app)]
 
 
 def test_app_search_empty_data_folder_explains_how_to_index(
@@ -115,10 +119,14 @@ def test_app_search_text_shows_captions_scores_and_latency(
     assert {Path(p).relative_to(library.photos).as_posix() for p in paths} == {
         e.file for e in library.entries
     }
-    tiles = _tile_texts(app)
-    assert len(tiles) == COUNT and all(facts.startswith("score ") for _, facts in tiles)
-    captions = {d.caption.text for d in library.catalog().list_images(page_size=100).items}
-    assert {caption for caption, _ in tiles} <= captions
+    catalog = library.catalog()
+    for tile in _tiles(app):
+        detail = catalog.get_image(tile.id)
+        assert tile.caption == detail.caption.text and tile.image
+        assert tile.path == str(detail.image.abs_path)
+        assert tile.shown_path == "/".join(detail.image.abs_path.parts[-2:])
+        assert tile.meta.startswith("score ")
+        assert tile.links["Details"] == f"./detail?id={tile.id}"
 
 
 def test_app_search_result_count_is_selectable(
@@ -166,23 +174,31 @@ def test_app_search_hybrid_and_date_sort_run(
     app.toggle(key="hybrid").set_value(True)
     app.toggle(key="sort_by_date").set_value(True).run()
     app = _search(app, "a red car")
-    dates = [facts.split(" · ")[1] for _, facts in _tile_texts(app)]
+    dates = [tile.meta.split(" · ")[1] for tile in _tiles(app)]
     assert dates == sorted(dates, reverse=True) and len(dates) == COUNT
 
 
 def test_app_search_more_like_this_excludes_the_photo(
     monkeypatch: pytest.MonkeyPatch, library: AppLibrary
 ) -> None:
-    app = _search(_app(monkeypatch, library.env()), "a red car")
-    like = next(b for b in app.button if b.key and b.key.startswith("results-like-"))
-    app = like.click().run()
+    # As a browser opening a shared link: the query and options are bound to the URL.
+    app = _app(monkeypatch, library.env(), params={"q": "a red car", "hybrid": "true"})
+    assert app.text_input(key="q").value == "a red car" and app.toggle(key="hybrid").value
+    tile = _tiles(app)[0]
+    link = urlsplit(tile.links["More like this"])
+    params = {k: v[0] for k, v in parse_qs(link.query).items()}
+    # The link goes to the search page and keeps the query and options bound to the URL.
+    assert link.path == "./" and params["like"] == str(tile.id)
+    assert params["q"] == "a red car" and params["hybrid"] == "true"
+    for name, value in params.items():
+        app.query_params[name] = value
+    app.run()
     assert not app.exception
     assert app.subheader[0].value == "More like this photo"
-    like_id = like.key.rsplit("-", 1)[1]
-    assert app.query_params["like"] in (like_id, [like_id])
-    reference = library.catalog().get_image(int(like_id)).image.abs_path
     paths = _result_paths(app)
-    assert len(paths) == COUNT - 1 and str(reference) not in paths
+    assert len(paths) == COUNT - 1 and tile.path not in paths
+    app.button[0].click().run()  # back to the text search
+    assert "like" not in app.query_params and len(_result_paths(app)) == COUNT
 
 
 def test_app_search_upload_of_a_non_image_is_a_clear_error(

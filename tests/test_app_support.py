@@ -5,7 +5,8 @@ This module holds no tests; it is named like one so that it lives with the app's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import coca
@@ -71,3 +72,65 @@ def build_library(
     run_index(config, loaded, catalog)
     catalog.db.dispose()
     return AppLibrary(photos.resolve(), data.resolve(), model)
+
+
+@dataclass
+class GridTile:
+    """One tile of the app's photo grid (search_app.grid), as parsed back from its HTML."""
+
+    id: int
+    caption: str = ""
+    meta: str = ""  # e.g. "score 0.312 · 2024-04-16 17:10"
+    path: str = ""  # the full path (the tooltip)
+    shown_path: str = ""
+    links: dict[str, str] = field(default_factory=dict)  # link text -> href
+    image: bool = False  # an <img> with inline data
+
+
+class _GridParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tiles: list[GridTile] = []
+        self._field: str | None = None
+        self._href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        classes = (found.get("class") or "").split()
+        if "coca-tile" in classes:
+            self.tiles.append(GridTile(int(found["data-id"] or -1)))
+        elif not self.tiles:
+            return
+        tile = self.tiles[-1]
+        for name in ("caption", "meta", "path"):
+            if f"coca-{name}" in classes:
+                self._field = name
+        if "coca-path" in classes:
+            tile.path = found.get("title") or ""
+        if tag == "a":
+            self._href = found.get("href")
+        if tag == "img" and (found.get("src") or "").startswith("data:image/"):
+            tile.image = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "div":
+            self._field = None
+        if tag == "a":
+            self._href = None
+
+    def handle_data(self, data: str) -> None:
+        if not self.tiles:
+            return
+        tile = self.tiles[-1]
+        if self._href is not None and data.strip():
+            tile.links[data.strip()] = self._href
+        elif self._field == "path":
+            tile.shown_path += data
+        elif self._field is not None:
+            setattr(tile, self._field, getattr(tile, self._field) + data)
+
+
+def parse_grid(markup: str) -> list[GridTile]:
+    parser = _GridParser()
+    parser.feed(markup)
+    return parser.tiles

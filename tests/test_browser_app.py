@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -157,10 +156,11 @@ def _search(page: object, url: str, query: str) -> None:
 
 
 def _wait_images(page: object) -> None:
-    """Until every thumbnail shown has decoded pixels (they stream in after the text)."""
+    """Until every image shown has decoded pixels (thumbnails arrive after the text)."""
     page.wait_for_function(
         """() => {
-            const images = [...document.querySelectorAll('[data-testid="stImage"] img')];
+            const images = [...document.querySelectorAll(
+                '.coca-grid img, [data-testid="stImage"] img')];
             return images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0);
         }""",
         timeout=WAIT_MS,
@@ -168,16 +168,19 @@ def _wait_images(page: object) -> None:
 
 
 def _tiles(page: object) -> list[tuple[int, str, str]]:
-    """(image id, caption, path as shown) of each result tile, in order."""
-    tiles = page.locator('[class*="-tile-"]')
+    """(image id, caption, path as shown) of each tile of the photo grid, in order."""
     found = []
+    tiles = page.locator(".coca-tile")
     for index in range(tiles.count()):
         tile = tiles.nth(index)
-        key = re.search(r"-tile-([0-9]+)", tile.get_attribute("class") or "")
-        caption = tile.locator("strong").first.inner_text()
-        path = tile.locator('[data-testid="stCaptionContainer"]').last.inner_text()
-        found.append((int(key.group(1)), caption.strip(), path.strip()))
+        caption = tile.locator(".coca-caption").inner_text().strip()
+        path = tile.locator(".coca-path").inner_text().strip()
+        found.append((int(tile.get_attribute("data-id")), caption, path))
     return found
+
+
+def _tile_link(page: object, text: str) -> object:
+    return page.locator(".coca-tile a", has_text=text).first
 
 
 def _query_with_matches(library: AppLibrary) -> tuple[str, set[str]]:
@@ -218,18 +221,19 @@ def test_browser_text_search_shows_captioned_results(page: object, server: Serve
 
 def test_browser_more_like_this_searches_by_the_photo(page: object, server: Server) -> None:
     _search(page, server.url, "a red car on the beach")
-    page.get_by_role("button", name="More like this").first.click()
+    _tile_link(page, "More like this").click()
     page.get_by_text("More like this photo").wait_for(timeout=WAIT_MS)
     page.get_by_text(" similar photos in ").wait_for(timeout=WAIT_MS)
     _wait_images(page)
     page.screenshot(path=str(SCREENSHOTS / "coca_app_like.png"))
-    assert "like=" in page.url
-    assert len(_tiles(page)) >= 19  # the reference photo + up to 20 similar ones
+    assert "like=" in page.url and "q=a+red+car" in page.url  # the query is kept
+    similar = _tiles(page)
+    assert len(similar) == 20 and f"like={similar[0][0]}" not in page.url
 
 
 def test_browser_detail_view_shows_photo_caption_and_metadata(page: object, server: Server) -> None:
     _search(page, server.url, "a blue boat")
-    page.get_by_role("link", name="Details").first.click()
+    _tile_link(page, "Details").click()
     page.wait_for_url("**/detail?id=*", timeout=WAIT_MS)
     page.get_by_text("Decoding: ").wait_for(timeout=WAIT_MS)
     page.get_by_text("Similar photos").wait_for(timeout=WAIT_MS)

@@ -28,8 +28,12 @@ except CatalogMissingError as error:
 
 filters = ui.filter_widgets(catalog, key="browse")
 st.sidebar.header("Layout")
-page_size = st.sidebar.select_slider("Photos per page", PAGE_SIZES, value=24, key="page_size")
-order = st.sidebar.selectbox("Order", list(ORDERS), format_func=ORDERS.get, key="order")
+page_size = st.sidebar.select_slider(
+    "Photos per page", PAGE_SIZES, value=24, key="page_size", bind="query-params"
+)
+order = st.sidebar.selectbox(
+    "Order", list(ORDERS), format_func=ORDERS.get, key="order", bind="query-params"
+)
 
 spec = ImageFilter(folder=filters.folder, date_from=filters.date_from, date_to=filters.date_to)
 # Filters or layout changed: start again from the first page.
@@ -54,4 +58,4 @@ pages = -(-total // page_size)
 page = st.pagination(pages, key="browse-page") if pages > 1 else 1
 result = catalog.list_images(spec, page=page - 1, page_size=page_size, order=order)
 st.caption(f"{result.total} photos · page {page} of {result.pages}")
-ui.photo_grid([_tile(d) for d in result.items], key="browse")
+ui.photo_grid([_tile(d) for d in result.items])

@@ -83,7 +83,7 @@ def _similar(image_id: int) -> None:
         query_params={"like": str(image_id)},
     )
     tiles = [ui.Tile(r.id, Path(r.path), r.caption, r.score) for r in response.results]
-    ui.photo_grid(tiles, key="similar")
+    ui.photo_grid(tiles)
 
 
 config = resources.settings()

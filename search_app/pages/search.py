@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from search_app import resources, ui
+from search_app.grid import LIKE_PARAM
 from search_app.library import CatalogMissingError
 from search_app.search import (
     BadQueryError,
@@ -21,11 +22,6 @@ from storage import Catalog
 
 RESULT_COUNTS = (8, 12, 20, 40, 100)
 KEEP_ALL_SCORE = -0.2  # the minimum-score slider's left end: no cutoff
-LIKE_PARAM = "like"
-
-
-def _show_similar(image_id: int) -> None:
-    st.query_params[LIKE_PARAM] = str(image_id)
 
 
 def _clear_similar() -> None:
@@ -39,10 +35,13 @@ def _like_id() -> int | None:
 
 def _options(filters: SearchFilters) -> SearchOptions:
     st.sidebar.header("Results")
-    k = st.sidebar.select_slider("Number of results", RESULT_COUNTS, value=20, key="k")
+    k = st.sidebar.select_slider(
+        "Number of results", RESULT_COUNTS, value=20, key="k", bind="query-params"
+    )
     hybrid = st.sidebar.toggle(
         "Hybrid: also match captions",
         key="hybrid",
+        bind="query-params",
         help="Fuse image similarity with full-text matches on the generated captions (RRF).",
     )
     min_score = st.sidebar.slider(
@@ -52,10 +51,14 @@ def _options(filters: SearchFilters) -> SearchOptions:
         value=KEEP_ALL_SCORE,
         step=0.01,
         key="min_score",
+        bind="query-params",
         help="Drop results whose similarity to the query is lower (the left end keeps all).",
     )
     sort_by_date = st.sidebar.toggle(
-        "Newest first", key="sort_by_date", help="Sort what passes the minimum score by date."
+        "Newest first",
+        key="sort_by_date",
+        bind="query-params",
+        help="Sort what passes the minimum score by date.",
     )
     cutoff = None if min_score <= KEEP_ALL_SCORE else min_score
     return SearchOptions(k, filters, hybrid, cutoff, sort_by_date)
@@ -79,7 +82,7 @@ def _show(response: SearchResponse, what: str) -> None:
             icon=":material/search_off:",
         )
         return
-    ui.photo_grid(_tiles(response.results), on_similar=_show_similar, key="results")
+    ui.photo_grid(_tiles(response.results), keep_query=True)
 
 
 def _reference(catalog: Catalog, image_id: int) -> None:
@@ -88,7 +91,7 @@ def _reference(catalog: Catalog, image_id: int) -> None:
     thumb, text = st.columns([1, 4], vertical_alignment="center")
     if detail is not None:
         with thumb:
-            ui.show_image(image_id, detail.image.abs_path, link=ui.detail_link(image_id))
+            ui.show_image(image_id, detail.image.abs_path, link=ui.detail_href(image_id))
     caption = detail.caption.text if detail and detail.caption else ""
     text.subheader("More like this photo")
     if caption:
