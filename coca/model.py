@@ -161,7 +161,7 @@ class CoCa(nn.Module):
     ) -> CachedDecoder:
         """KV-cached decoder, one row per image. `max_len` caps the tokens fed in total (prompt
         included; default the decoder's context length): smaller means smaller caches.
-        `cuda_graphs` replays one-token steps as CUDA graphs (CUDA only, not under autocast);
+        `cuda_graphs` replays one-token steps as CUDA graphs (CUDA only; under autocast too);
         None means `self.decode_with_cuda_graphs`."""
         self._check_image_tokens(image_tokens)
         limit = min(self.config.decoder.context_length, self.config.text.context_length)

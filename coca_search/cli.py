@@ -32,21 +32,11 @@ def configure(
 
 def _register_commands() -> None:
     # Imported here so that `coca-search --help` does not pay for torch unless a command needs it.
-    from coca_search import model_commands
+    from coca_search import app_commands, index_commands, model_commands
 
     model_commands.register(app)
-    try:
-        from coca_search import index_commands
-    except ImportError:  # not written yet in early checkouts
-        index_commands = None
-    if index_commands is not None:
-        index_commands.register(app)
-    try:
-        from coca_search import app_commands
-    except ImportError:
-        app_commands = None
-    if app_commands is not None:
-        app_commands.register(app)
+    index_commands.register(app)
+    app_commands.register(app)
 
 
 def main() -> None:
