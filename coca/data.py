@@ -73,6 +73,9 @@ class GeneratedDataConfig:
     # Mirror half of each batch and swap the words "left"/"right" in its captions: twice the
     # distinct pictures from the same pool (nothing else in the grammar depends on the side).
     mirror: bool = False
+    # With mirror: this share of each batch are mirrored twins of other rows of the same batch,
+    # the hardest negatives for "left of" / "right of" (same scene, opposite sides).
+    mirror_twins: float = 0.0
     # Short true statements per scene ("a red car", "two cars left of a tree") kept next to the
     # captions; this share of the contrastive texts is drawn from them (coca.partial_captions).
     partial_captions_per_image: int = 0
@@ -81,6 +84,8 @@ class GeneratedDataConfig:
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.captions_per_image < 1:
             raise ValueError("pool_size and captions_per_image must be >= 1")
+        if not 0.0 <= self.mirror_twins <= 0.5 or (self.mirror_twins and not self.mirror):
+            raise ValueError("mirror_twins must lie in [0, 0.5] and needs mirror")
         if self.partial_captions_per_image < 0 or not 0.0 <= self.partial_share <= 1.0:
             raise ValueError("partial_captions_per_image must be >= 0, partial_share in [0, 1]")
         if not 0.0 <= self.double_size_fraction <= 1.0:
@@ -191,6 +196,12 @@ def _render_chunk(task: tuple[_RenderJob, int, int]) -> _Rendered:
         memory.close()
 
 
+def _one_thread() -> None:
+    """Worker start: torch ops (the tokenizer builds tensors) must not enter the OpenMP pool the
+    parent started before the fork; GNU OpenMP is not fork-safe and such workers hang forever."""
+    torch.set_num_threads(1)
+
+
 def _shared_memory_fits(nbytes: int) -> bool:
     """Containers often mount a small /dev/shm; writing past it kills workers with SIGBUS."""
     try:
@@ -228,7 +239,7 @@ def render_scenes(
         tasks = [(job, start, min(start + _RENDER_CHUNK, config.pool_size)) for start in starts]
         # fork is fastest and safe here (workers touch only numpy and PIL); spawn elsewhere.
         method = "fork" if os.name == "posix" else "spawn"
-        with get_context(method).Pool(workers) as pool:
+        with get_context(method).Pool(workers, initializer=_one_thread) as pool:
             chunks = list(pool.imap(_render_chunk, tasks))
         if memory is None:
             images = np.concatenate([chunk.images for chunk in chunks])
@@ -323,6 +334,7 @@ class GeneratedBatches:
         self.side_words = _side_word_ids(tokenizer) if config.mirror else None
         self.full, self.partial = config.captions_per_image, config.partial_captions_per_image
         self.partial_share = config.partial_share
+        self.twins = int(config.mirror_twins * batch_size)
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
@@ -337,12 +349,18 @@ class GeneratedBatches:
             partial = self.full + torch.randint(self.partial, (b,), generator=generator)  # (B,)
             use = torch.rand(b, generator=generator) < self.partial_share
             texts.append(torch.where(use, partial, choice))  # contrastive text per row
-        columns = _to_device(torch.stack(texts, dim=1), self.device)  # (B, 1 or 2)
-        rows = _to_device(rows, self.device)
+        columns = torch.stack(texts, dim=1)  # (B, 1 or 2)
+        flip = torch.rand(b, generator=generator) < 0.5  # (B,) used only with mirror
+        if self.twins:  # the last rows repeat the first ones, mirrored the other way
+            rows[b - self.twins :], columns[b - self.twins :] = (
+                rows[: self.twins],
+                columns[: self.twins],
+            )
+            flip[b - self.twins :] = ~flip[: self.twins]
+        rows, columns = _to_device(rows, self.device), _to_device(columns, self.device)
         pixels = self.images[rows]  # (B, 3, S, S) uint8
         tokens = self.tokens[rows[:, None], columns]  # (B, 1 or 2, T)
         if self.side_words is not None:
-            flip = torch.rand(b, generator=generator) < 0.5  # (B,)
             pixels, tokens = _mirror(pixels, tokens, _to_device(flip, self.device), self.side_words)
         return Batch(
             images=self.normalize(pixels),

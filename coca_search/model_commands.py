@@ -113,7 +113,7 @@ def _render_size(text: str) -> tuple[int, int]:
 def _data_config(
     data: str, captions: Path | None, images: Path | None, pool_size: int, render_size: str,
     captions_per_image: int, split_seed: int, workers: int, double_size_fraction: float,
-    mirror: bool, partial_captions: int, partial_share: float,
+    mirror: bool, mirror_twins: float, partial_captions: int, partial_share: float,
 ) -> Any:  # fmt: skip
     from coca.data import GeneratedDataConfig
     from coca.folder_data import FolderDataConfig
@@ -134,6 +134,7 @@ def _data_config(
         workers=workers,
         double_size_fraction=double_size_fraction,
         mirror=mirror,
+        mirror_twins=mirror_twins,
         partial_captions_per_image=partial_captions,
         partial_share=partial_share,
     )
@@ -193,6 +194,9 @@ def train_command(
     mirror: bool = typer.Option(
         False, "--mirror", help="Mirror half of each batch, swapping left/right in captions."
     ),
+    mirror_twins: float = typer.Option(
+        0.0, "--mirror-twins", help="Share of each batch that are mirrored twins (hard negatives)."
+    ),
     partial_captions: int = typer.Option(
         0, "--partial-captions", min=0, help="Short true statements kept per generated scene."
     ),
@@ -230,7 +234,7 @@ def train_command(
     try:
         data_config = _data_config(
             data, captions, images, pool_size, render_size, captions_per_image, split_seed,
-            workers, double_size_fraction, mirror, partial_captions, partial_share,
+            workers, double_size_fraction, mirror, mirror_twins, partial_captions, partial_share,
         )  # fmt: skip
         optim = OptimConfig(
             lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,

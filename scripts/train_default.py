@@ -48,6 +48,7 @@ def recipe(args: argparse.Namespace, bundle: Path) -> TrainConfig:
             workers=0,
             double_size_fraction=0.25,  # some at 320x240, the scale library photos arrive at
             mirror=True,  # half of each batch mirrored, "left" <-> "right" in its caption
+            mirror_twins=0.25,  # a quarter of each batch: mirrored twins of other rows
             partial_captions_per_image=4,  # "a red car", "two cars above a tree", ...
             partial_share=0.5,  # of the contrastive texts; the decoder learns whole captions
         ),

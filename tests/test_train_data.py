@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +205,33 @@ def test_generated_batches_mirror_pictures_and_swap_left_and_right() -> None:
             assert torch.equal(u, expected)
         else:
             assert torch.equal(t, u)
+
+
+def test_render_workers_do_not_hang_after_the_parent_used_torch_threads() -> None:
+    # Forked workers that enter the OpenMP pool the parent started hang forever (the tokenizer
+    # builds tensors); run in a child process group so a regression fails instead of hanging.
+    script = textwrap.dedent(
+        """
+        import torch
+        torch.set_num_threads(2)
+        x = torch.ones(4096, 64)
+        (x @ x.T).sum()  # the parent's OpenMP pool is now running
+        import coca.data
+        coca.data._RENDER_CHUNK = 140  # 140 scenes x 8 texts x 32 ids: a parallel torch.full
+        from coca.recipe import world_preprocess, world_tokenizer
+        config = coca.data.GeneratedDataConfig(
+            pool_size=300, width=40, height=30, workers=2, partial_captions_per_image=4
+        )
+        print(coca.data.render_scenes(config, world_preprocess(32), world_tokenizer()).tokens.shape)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, _ = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        pytest.fail("render workers hung")
+    assert child.returncode == 0 and "(300, 8, 32)" in out

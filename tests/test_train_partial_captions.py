@@ -10,6 +10,8 @@ from coca.partial_captions import is_true_of, partial_captions
 from coca.recipe import world_preprocess, world_tokenizer
 from coca.world import parse_query, scenes
 
+CPU = torch.device("cpu")
+
 
 def test_partial_captions_are_true_short_and_varied() -> None:
     rng = np.random.default_rng(0)
@@ -53,3 +55,19 @@ def test_generated_batches_draw_partial_texts_for_the_contrastive_side() -> None
         mirrored = text.replace("left", "#").replace("right", "left").replace("#", "right")
         assert text in full_texts or mirrored in full_texts
     assert torch.equal(batch.tokens, source.batch(0).tokens)
+
+
+def test_generated_batches_mirror_twins_pair_a_scene_with_its_mirror_image() -> None:
+    config = GeneratedDataConfig(
+        pool_size=8, width=40, height=30, workers=1, mirror=True, mirror_twins=0.25,
+        partial_captions_per_image=2,
+    )  # fmt: skip
+    tokenizer = world_tokenizer()
+    source = GeneratedBatches(config, tokenizer, world_preprocess(32), 16, seed=3, device=CPU)
+    batch = source.batch(0)
+    head, tail = slice(0, 4), slice(12, 16)
+    torch.testing.assert_close(batch.images[head].flip(-1), batch.images[tail])
+    left, right = (tokenizer.encode(w)[0] for w in ("left", "right"))
+    for tokens in (batch.tokens, batch.contrastive_tokens):  # twins' texts: left/right swapped
+        swapped = torch.where(tokens == left, right, torch.where(tokens == right, left, tokens))
+        assert torch.equal(swapped[head], tokens[tail])
