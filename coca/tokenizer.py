@@ -18,6 +18,7 @@ import gzip
 import html
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,7 @@ import tokenizers
 import torch
 from tokenizers import AddedToken, Regex, models, normalizers, pre_tokenizers
 
+_PUNCTUATION_GAP = re.compile(r" ([,.;:!?])")
 logger = logging.getLogger(__name__)
 
 SOT_TOKEN = "<start_of_text>"
@@ -85,6 +87,9 @@ class Tokenizer:
         backend.no_padding()
         backend.no_truncation()
         self._backend = backend
+        # A word-level vocabulary decodes by joining words with spaces ("circle , a"); captions
+        # read naturally with punctuation attached to the word before it ("circle, a").
+        self._attach_punctuation = isinstance(backend.model, models.WordLevel)
         self._context_length = context_length
         self._sot = sot_token_id
         self._eot = eot_token_id
@@ -278,7 +283,8 @@ class Tokenizer:
             while kept and kept[-1] == self._pad:
                 kept.pop()
         kept = [i for i in kept if i != self._sot]
-        return self._backend.decode(kept, skip_special_tokens=True).strip()
+        text = self._backend.decode(kept, skip_special_tokens=True).strip()
+        return _PUNCTUATION_GAP.sub(r"\1", text) if self._attach_punctuation else text
 
     def batch_decode(self, rows: Sequence[Sequence[int]] | torch.Tensor) -> list[str]:
         """`decode` for each row of a (B, T) tensor or a list of id lists."""
