@@ -35,17 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.test_app_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 SEARCH_BOX = "Describe what you are looking for"
 # Finished: a script run was seen and is over, and every thumbnail of the grid has decoded.
 DONE_JS = """() => {

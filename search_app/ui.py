@@ -15,7 +15,9 @@ import streamlit as st
 
 from search_app import resources
 from search_app.grid import Tile, detail_href, grid_html
+from search_app.library import CatalogMissingError
 from search_app.search import SearchFilters
+from search_app.settings import AppSettings
 from search_app.thumbnails import FULL_SIDE, THUMBNAIL_SIDE, RenderedImage
 from storage import Catalog
 
@@ -25,6 +27,16 @@ __all__ = ["Tile", "detail_href", "photo_grid", "show_image"]
 
 
 # -- images -------------------------------------------------------------------------------------
+
+
+def catalog_or_stop(config: AppSettings) -> Catalog:
+    """The shared catalog, or the empty-catalog message and the end of this page's run."""
+    try:
+        return resources.get_catalog(str(config.catalog_path))
+    except CatalogMissingError as error:
+        st.info(f"The catalog is empty. {error}", icon=":material/inbox:")
+        st.stop()
+        raise  # st.stop() raises; this keeps type checkers and readers sure of it
 
 
 def show_image(image_id: int, path: Path, *, full: bool = False, link: str | None = None) -> None:

@@ -19,6 +19,18 @@ from search_app.search import DataLayout
 from search_app.settings import ENV_DATA, ENV_DEVICE, ENV_MODEL
 from tests.indexer_support import fast_decoding, save_tiny_bundle
 
+# Debian's chromium with the flags this machine's closed network needs (never `playwright install`).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 LIBRARY_SEED = 424_242
 DEFAULT_MODEL_DIR = Path(coca.__file__).parent / "default_model"
 

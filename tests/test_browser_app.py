@@ -24,6 +24,8 @@ import pytest
 
 from coca.world import description_facts, parse_caption, parse_query, scene_facts
 from tests.test_app_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
     AppLibrary,
     build_library,
     default_model_installed,
@@ -32,17 +34,6 @@ from tests.test_app_support import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # The tiny random model only exercises the mechanics; the default model gets enough photos for
 # a color + kind query to have several right answers.
 TINY_LIBRARY_SIZE, DEFAULT_LIBRARY_SIZE = 40, 160

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from search_app import resources, ui
-from search_app.library import CatalogMissingError
 from storage import ImageDetail, ImageFilter
 
 PAGE_SIZES = (12, 24, 48, 96)
@@ -20,11 +19,7 @@ def _tile(detail: ImageDetail) -> ui.Tile:
 
 st.title("Browse the library")
 config = resources.settings()
-try:
-    catalog = resources.get_catalog(str(config.catalog_path))
-except CatalogMissingError as error:
-    st.info(f"The catalog is empty. {error}", icon=":material/inbox:")
-    st.stop()
+catalog = ui.catalog_or_stop(config)
 
 filters = ui.filter_widgets(catalog, key="browse")
 st.sidebar.header("Layout")

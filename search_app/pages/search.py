@@ -8,7 +8,6 @@ import streamlit as st
 
 from search_app import resources, ui
 from search_app.grid import LIKE_PARAM
-from search_app.library import CatalogMissingError
 from search_app.search import (
     BadQueryError,
     SearchError,
@@ -101,11 +100,7 @@ def _reference(catalog: Catalog, image_id: int) -> None:
 
 st.title("Search your photos")
 config = resources.settings()
-try:
-    catalog = resources.get_catalog(str(config.catalog_path))
-except CatalogMissingError as error:
-    st.info(f"The catalog is empty. {error}", icon=":material/inbox:")
-    st.stop()
+catalog = ui.catalog_or_stop(config)
 try:
     engine = resources.ready_engine(config)
 except SearchError as error:  # empty catalog, model mismatch
