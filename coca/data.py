@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from coca.hard_negatives import choose_negative_rows, negative_allowed, negatives_for
 from coca.partial_captions import partial_captions
 from coca.world.captions import captions_for
 from coca.world.queries import TRAIN_SEED
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 _CAPTION_STREAM = 1  # caption rng = default_rng([split, index, 1]), as world.write_library draws
 _SCALE_STREAM = 2  # decides which scenes are rendered at double size
 _PARTIAL_STREAM = 3  # draws a scene's partial captions
+_NEGATIVE_STREAM = 4  # draws a scene's hard negative texts
 _RENDER_CHUNK = 256  # images per worker task: big enough to amortise IPC, small for load balance
 
 
@@ -47,6 +49,8 @@ class Batch:
     tokens: torch.Tensor  # (B, T) long, <start_of_text> ... <end_of_text> pad...
     # (B, T) texts for the contrastive loss when they differ from the captions (partial ones)
     contrastive_tokens: torch.Tensor | None = None
+    negative_tokens: torch.Tensor | None = None  # (M, T) false texts (coca.hard_negatives)
+    negative_allowed: torch.Tensor | None = None  # (B, M) image b may be pushed from negative m
 
 
 class BatchSource(Protocol):
@@ -80,6 +84,10 @@ class GeneratedDataConfig:
     # captions; this share of the contrastive texts is drawn from them (coca.partial_captions).
     partial_captions_per_image: int = 0
     partial_share: float = 0.5
+    # Share of each batch whose contrastive text lends a hard negative: the same text with its
+    # relation, subject/object or colors swapped, checked false for the scene (coca.hard_negatives).
+    # Every image is then also scored against these texts; 0 turns them off.
+    hard_negatives: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.captions_per_image < 1:
@@ -88,6 +96,8 @@ class GeneratedDataConfig:
             raise ValueError("mirror_twins must lie in [0, 0.5] and needs mirror")
         if self.partial_captions_per_image < 0 or not 0.0 <= self.partial_share <= 1.0:
             raise ValueError("partial_captions_per_image must be >= 0, partial_share in [0, 1]")
+        if not 0.0 <= self.hard_negatives <= 1.0:
+            raise ValueError(f"hard_negatives must lie in [0, 1], got {self.hard_negatives}")
         if not 0.0 <= self.double_size_fraction <= 1.0:
             raise ValueError(
                 f"double_size_fraction must lie in [0, 1], got {self.double_size_fraction}"
@@ -119,6 +129,8 @@ class RenderedScenes:
     images: np.ndarray  # (N, H, W, 3) uint8
     captions: list[list[str]]  # N lists of K captions, then P partial captions
     tokens: np.ndarray | None  # (N, K+P, T) int32 when a tokenizer was given
+    negatives: list[list[str | None]] | None = None  # one false text per caption (or None)
+    negative_tokens: np.ndarray | None = None  # (N, K+P, T): the caption's own where None
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,8 @@ class _Rendered:
     captions: list[list[str]]
     tokens: np.ndarray | None  # (n, K, T) int32
     images: np.ndarray | None = None  # (n, H, W, 3) uint8 when there is no shared memory
+    negatives: list[list[str | None]] | None = None
+    negative_tokens: np.ndarray | None = None  # (n, K, T) int32
 
 
 def scene_captions(
@@ -154,7 +168,7 @@ def _render_into(
     images: np.ndarray, job: _RenderJob, start: int, stop: int, offset: int = 0
 ) -> _Rendered:
     """Render scenes offset+start .. offset+stop-1 into images[start:stop]; return captions."""
-    config, captions = job.config, []
+    config, captions, negatives = job.config, [], []
     for row in range(start, stop):
         index = offset + row
         scene = scene_for_seed(item_seed(config.split_seed, index))
@@ -168,10 +182,30 @@ def _render_into(
             rng = np.random.default_rng([config.split_seed, index, _PARTIAL_STREAM])
             texts += partial_captions(scene, rng, config.partial_captions_per_image)
         captions.append(texts)
+        if config.hard_negatives:
+            rng = np.random.default_rng([config.split_seed, index, _NEGATIVE_STREAM])
+            negatives.append(negatives_for(texts, scene, rng))
+    found = negatives if config.hard_negatives else None
     if job.tokenizer is None:
-        return _Rendered(captions, None)
+        return _Rendered(captions, None, negatives=found)
     ids = job.tokenizer([text for texts in captions for text in texts]).numpy().astype(np.int32)
-    return _Rendered(captions, ids.reshape(len(captions), len(captions[0]), -1))
+    ids = ids.reshape(len(captions), len(captions[0]), -1)  # (n, K, T)
+    if found is None:
+        return _Rendered(captions, ids)
+    return _Rendered(captions, ids, negatives=found, negative_tokens=_negative_ids(job, ids, found))
+
+
+def _negative_ids(
+    job: _RenderJob, ids: np.ndarray, negatives: list[list[str | None]]
+) -> np.ndarray:
+    """(n, K, T) ids of the negatives; a caption without one keeps its own ids (never used)."""
+    where = [(i, k) for i, texts in enumerate(negatives) for k, text in enumerate(texts) if text]
+    out = ids.copy()
+    if where:
+        texts = [negatives[i][k] for i, k in where]
+        rows, columns = zip(*where, strict=True)
+        out[list(rows), list(columns)] = job.tokenizer(texts).numpy().astype(np.int32)
+    return out
 
 
 def _render_size(config: GeneratedDataConfig, index: int) -> tuple[int, int]:
@@ -188,7 +222,7 @@ def _render_chunk(task: tuple[_RenderJob, int, int]) -> _Rendered:
     if job.memory is None:  # pixels travel back through the pipe
         images = np.zeros((stop - start, *job.shape[1:]), dtype=np.uint8)
         done = _render_into(images, job, 0, stop - start, offset=start)
-        return _Rendered(done.captions, done.tokens, images)
+        return _Rendered(done.captions, done.tokens, images, done.negatives, done.negative_tokens)
     memory = SharedMemory(name=job.memory)
     try:
         return _render_into(np.ndarray(job.shape, np.uint8, buffer=memory.buf), job, start, stop)
@@ -230,7 +264,9 @@ def render_scenes(
         images = np.zeros(shape, dtype=np.uint8)
         job = _RenderJob(config, preprocess, tokenizer, shape)
         done = _render_into(images, job, 0, config.pool_size)
-        return RenderedScenes(images, done.captions, done.tokens)
+        return RenderedScenes(
+            images, done.captions, done.tokens, done.negatives, done.negative_tokens
+        )
     nbytes = int(np.prod(shape))
     memory = SharedMemory(create=True, size=nbytes) if _shared_memory_fits(nbytes) else None
     try:
@@ -249,9 +285,23 @@ def render_scenes(
         if memory is not None:
             memory.close()
             memory.unlink()
+    return _joined(images, chunks)
+
+
+def _joined(images: np.ndarray, chunks: list[_Rendered]) -> RenderedScenes:
+    """The workers' chunks as one pool."""
+
+    def stacked(name: str) -> np.ndarray | None:
+        parts = [getattr(chunk, name) for chunk in chunks]
+        return None if parts[0] is None else np.concatenate(parts)
+
     captions = [texts for chunk in chunks for texts in chunk.captions]
-    tokens = None if tokenizer is None else np.concatenate([chunk.tokens for chunk in chunks])
-    return RenderedScenes(images, captions, tokens)
+    negatives = None
+    if chunks[0].negatives is not None:
+        negatives = [texts for chunk in chunks for texts in chunk.negatives or []]
+    return RenderedScenes(
+        images, captions, stacked("tokens"), negatives, stacked("negative_tokens")
+    )
 
 
 def tokenize_captions(
@@ -298,11 +348,18 @@ def _mirror(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mirror the rows of pixels (B, 3, S, S) where flip (B,) is set; swap left/right in their
     tokens (B, ..., T)."""
-    left, right = side_words
     pixels = torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+    return pixels, _swap_sides(tokens, flip, side_words)
+
+
+def _swap_sides(
+    tokens: torch.Tensor, flip: torch.Tensor, side_words: tuple[int, int]
+) -> torch.Tensor:
+    """tokens (B, ..., T) with "left" and "right" exchanged in the rows where flip (B,) is set."""
+    left, right = side_words
     swap = flip.view(-1, *([1] * (tokens.dim() - 1)))  # (B, 1, ...)
     swapped = torch.where(tokens == left, right, torch.where(tokens == right, left, tokens))
-    return pixels, torch.where(swap, swapped, tokens)
+    return torch.where(swap, swapped, tokens)
 
 
 class GeneratedBatches:
@@ -335,6 +392,12 @@ class GeneratedBatches:
         self.full, self.partial = config.captions_per_image, config.partial_captions_per_image
         self.partial_share = config.partial_share
         self.twins = int(config.mirror_twins * batch_size)
+        self.negative_slots = round(config.hard_negatives * batch_size)
+        if self.negative_slots:
+            assert rendered.negatives is not None and rendered.negative_tokens is not None
+            found = [[text is not None for text in texts] for texts in rendered.negatives]
+            self.negative_valid = torch.tensor(found, dtype=torch.bool)  # (N, K+P), host side
+            self.negative_tokens = torch.from_numpy(rendered.negative_tokens).long().to(device)
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
@@ -357,16 +420,31 @@ class GeneratedBatches:
                 columns[: self.twins],
             )
             flip[b - self.twins :] = ~flip[: self.twins]
+        picked = None
+        if self.negative_slots:  # chosen on the host: no device sync, fixed (M,) shapes
+            valid = self.negative_valid[rows, columns[:, -1]]  # (B,) of each contrastive text
+            picked = choose_negative_rows(valid, self.negative_slots, generator)  # (M,)
+            picked_valid = _to_device(valid[picked], self.device)
+            picked = _to_device(picked, self.device)
         rows, columns = _to_device(rows, self.device), _to_device(columns, self.device)
+        flip = _to_device(flip, self.device)
         pixels = self.images[rows]  # (B, 3, S, S) uint8
         tokens = self.tokens[rows[:, None], columns]  # (B, 1 or 2, T)
         if self.side_words is not None:
-            pixels, tokens = _mirror(pixels, tokens, _to_device(flip, self.device), self.side_words)
-        return Batch(
+            pixels, tokens = _mirror(pixels, tokens, flip, self.side_words)
+        batch = Batch(
             images=self.normalize(pixels),
             tokens=tokens[:, 0],
             contrastive_tokens=tokens[:, 1] if self.partial else None,
         )
+        if picked is None:
+            return batch
+        negatives = self.negative_tokens[rows[picked], columns[picked, -1]]  # (M, T)
+        mirror_flip = None if self.side_words is None else flip
+        if mirror_flip is not None:
+            negatives = _swap_sides(negatives, flip[picked], self.side_words)
+        allowed = negative_allowed(rows, picked, picked_valid, mirror_flip)  # (B, M)
+        return replace(batch, negative_tokens=negatives, negative_allowed=allowed)
 
     def batches(self, start_step: int, stop_step: int) -> Iterator[Batch]:
         for step in range(start_step, stop_step):

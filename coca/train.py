@@ -25,7 +25,7 @@ import torch
 
 from coca.data import Batch, BatchSource, GeneratedBatches, GeneratedDataConfig
 from coca.folder_data import FolderBatches, FolderDataConfig
-from coca.loss import CocaLoss, CocaLossOutput
+from coca.loss import CocaLoss, CocaLossOutput, TextNegatives
 from coca.model import CoCa, CocaOutput
 from coca.recipe import build_model
 from coca.train_state import (
@@ -159,31 +159,48 @@ def learning_rate(step: int, total_steps: int, optim: OptimConfig, time_fraction
     return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class TrainingOutput:
+    """The training forward: CoCa's outputs plus the features of the hard negative texts."""
+
+    coca: CocaOutput
+    negative_features: torch.Tensor | None = None  # (M, E) normalised
+
+
 def training_forward(
     model: CoCa,
     images: torch.Tensor,
     tokens: torch.Tensor,
     contrastive_tokens: torch.Tensor | None = None,
-) -> CocaOutput:
+    negative_tokens: torch.Tensor | None = None,
+) -> TrainingOutput:
     """CoCa.forward minus its input checks (they read token ids back from the GPU every step,
     which stalls the queue of a small model; the data sources produce valid batches by design).
 
     With `contrastive_tokens`, the text latents come from those texts (e.g. partial descriptions)
-    while the decoder still learns to write `tokens`; one text-tower pass serves both.
+    while the decoder still learns to write `tokens`; with `negative_tokens` (M, T), their latents
+    too. One text-tower pass serves them all.
     """
     latent, image_tokens = model.visual(images)  # (B, E), (B, N, D)
     b = tokens.shape[0]
-    texts = tokens if contrastive_tokens is None else torch.cat([tokens, contrastive_tokens])
-    text_latent, token_outputs = model.text(texts)  # (B or 2B, E), (B or 2B, L, D)
+    texts = [tokens] if contrastive_tokens is None else [tokens, contrastive_tokens]
+    start = (len(texts) - 1) * b  # where the contrastive rows begin
+    if negative_tokens is not None:
+        texts.append(negative_tokens)
+    joined = texts[0] if len(texts) == 1 else torch.cat(texts)  # (B*n+M, T)
+    text_latent, token_outputs = model.text(joined)  # (B*n+M, E), (B*n+M, L, D)
     logits = model.text_decoder(image_tokens, token_outputs[:b, :-1])  # (B, L-1, V)
-    return CocaOutput(
+    features = torch.nn.functional.normalize(text_latent[start:], dim=-1)  # (B+M, E)
+    output = CocaOutput(
         image_features=torch.nn.functional.normalize(latent, dim=-1),
-        text_features=torch.nn.functional.normalize(text_latent[-b:], dim=-1),
+        text_features=features[:b],
         logits=logits,
         labels=tokens[:, 1:],
         logit_scale=model.logit_scale.exp(),
         logit_bias=model.logit_bias,
     )
+    negatives = None if negative_tokens is None else features[b:]
+    return TrainingOutput(output, negatives)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -253,8 +270,17 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast:
-            output = self.forward(self.model, batch.images, batch.tokens, batch.contrastive_tokens)
-            losses = self.loss_fn(output)
+            output = self.forward(
+                self.model,
+                batch.images,
+                batch.tokens,
+                batch.contrastive_tokens,
+                batch.negative_tokens,
+            )
+            negatives = None
+            if output.negative_features is not None and batch.negative_allowed is not None:
+                negatives = TextNegatives(output.negative_features, batch.negative_allowed)
+            losses = self.loss_fn(output.coca, negatives)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         losses = CocaLossOutput(
