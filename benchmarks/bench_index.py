@@ -1,23 +1,33 @@
 """Indexing throughput end to end: JPEG files on disk -> committed catalog rows + vector index.
 
     python benchmarks/bench_index.py --model preset:coca_default_small --count 2000 --size 640x480
-    python benchmarks/bench_index.py --model preset:coca_ViT-B-32 --device cuda --count 20000 \
-        --size 1024x768 --batch-size 512
+    python benchmarks/bench_index.py --model preset:coca_ViT-B-32 --device cuda --count 20480 \
+        --size 1024x768 --batch-size 512 --photos /tmp/lib_1024 --json-out b32.json
+    bash benchmarks/gpu_index_run.sh $OUT                   # the GPU runs, one command
     python benchmarks/bench_index.py --rescan 100000        # re-scan of unchanged files
 
 `--model` takes any `coca.load` source ("default", a folder, a hub id) or `preset:NAME` for a
 random-weight model built from a preset (coca.config.PRESETS or coca.recipe.TRAINING_PRESETS);
 random weights never emit <end_of_text>, so every caption runs the full --caption-tokens.
 
-The photos are rendered once per size from the procedural world (a few distinct scenes) and each
-file gets a unique trailer after the JPEG end marker, so every file hashes differently but
-decodes like a real 1024x768 / 640x480 photo. Files are read from the page cache after writing.
-Prints one JSON line: images/s and where the time went (scan, decode wait, model busy, commit).
+The photos are rendered once per size from the procedural world (16 distinct scenes), given
+camera-like grain (so a 1024x768 file is ~150 KB at quality 90, like a phone photo, rather than
+the ~70 KB of flat synthetic shapes, which decode faster) and EXIF (camera, time, orientation 1);
+each file gets a unique trailer after the JPEG end marker, so every file hashes differently. The
+files are written in parallel and read from the page cache. `--photos DIR` keeps the library for
+the next run (it is reused when it already holds --count files).
+
+Prints one JSON line: images/s end to end (scan + decode + model + commit + index save) and where
+the wall time went: on the indexing thread, `decode_wait` (waiting for decoded images), `model`
+(host wall time in the model; `model_device` is the GPU's span over the model's kernels from CUDA
+events), `commit_wait` (waiting for the commit thread); `commit` runs in parallel on its own thread.
+`decode_only_images_per_second` is the decode pool alone over the same files (the CPU's ceiling).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -32,25 +42,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import coca  # noqa: E402
 import storage  # noqa: E402
 from coca.generate import DecodingConfig  # noqa: E402
-from indexer.decode import DecodeConfig  # noqa: E402
+from indexer.decode import BACKENDS, DecodeConfig, decode_all  # noqa: E402
 from indexer.encode import EncodeConfig, default_cpu_threads, resolve_device  # noqa: E402
-from indexer.pipeline import IndexConfig, register_model, run_index  # noqa: E402
+from indexer.pipeline import IndexConfig, IndexSummary, register_model, run_index  # noqa: E402
 from indexer.scan import walk_images  # noqa: E402
 from search_app.search import DataLayout  # noqa: E402
 
 BASE_IMAGES = 16
 
 
-def build_model(source: str, device: torch.device) -> torch.nn.Module:
-    """coca.load(source), or a random-weight preset model for `preset:NAME`."""
+WEIGHTS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_model(
+    source: str, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
+    """coca.load(source), or a random-weight preset model for `preset:NAME`, in `dtype`.
+
+    fp32 weights (with bf16 autocast on a GPU) are what `coca-search index` runs.
+    """
     if not source.startswith("preset:"):
-        return coca.load(source, device=device)
+        return coca.load(source, device=device, dtype=dtype)
     name = source.removeprefix("preset:")
     from coca.recipe import TRAINING_PRESETS, build_model
 
@@ -63,39 +82,65 @@ def build_model(source: str, device: torch.device) -> torch.nn.Module:
 
         config = coca.get_config(name)
         torch.manual_seed(0)
-        model = CoCa(config).eval()
+        with device:  # random init on the GPU: seconds instead of a minute for L-14 on a CPU
+            model = CoCa(config).eval()
         model.tokenizer = Tokenizer.clip(context_length=config.text.context_length)
         model.preprocess = Preprocess(PreprocessConfig(image_size=config.vision.image_size))
     model.source = source
-    return model.to(device)
+    return model.to(device=device, dtype=dtype)
 
 
-def base_jpegs(size: tuple[int, int]) -> list[bytes]:
-    """A few rendered scenes as JPEG bytes (quality ~90, like a camera's export)."""
+def base_jpegs(size: tuple[int, int], grain: float = 6.0) -> list[bytes]:
+    """A few rendered scenes as JPEG bytes (quality 90, grain and EXIF like a camera's export)."""
     from coca.world import render_scene, scene_for_seed
 
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 1  # orientation: upright (the decoder still reads and applies it)
+    exif[0x010F], exif[0x0110] = "Benchcam", "Benchcam One"
+    exif.get_ifd(0x8769)[0x9003] = "2024:06:01 12:00:00"
     jpegs = []
     for index in range(BASE_IMAGES):
         image = render_scene(scene_for_seed(1000 + index), *size)
+        if grain > 0:
+            pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3)
+            pixels = pixels + rng.normal(0.0, grain, pixels.shape).astype(np.float32)
+            image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
+        image.save(buffer, format="JPEG", quality=90, exif=exif)
         jpegs.append(buffer.getvalue())
     return jpegs
 
 
-def write_photos(folder: Path, count: int, size: tuple[int, int]) -> float:
+def photo_path(folder: Path, index: int) -> Path:
+    return folder / f"roll{index // 1000:03d}" / f"IMG_{index:06d}.jpg"
+
+
+def write_photos(folder: Path, count: int, size: tuple[int, int], grain: float = 6.0) -> float:
     """`count` distinct JPEG files in folders of 1,000; returns the seconds it took."""
     start = time.perf_counter()
-    jpegs = base_jpegs(size)
+    jpegs = base_jpegs(size, grain)
+    for index in range(0, count, 1000):
+        photo_path(folder, index).parent.mkdir(parents=True, exist_ok=True)
 
     def write(index: int) -> None:
-        path = folder / f"roll{index // 1000:03d}" / f"IMG_{index:06d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(jpegs[index % len(jpegs)] + index.to_bytes(8, "little"))
+        trailer = index.to_bytes(8, "little")  # after the end marker: decoders ignore it
+        photo_path(folder, index).write_bytes(jpegs[index % len(jpegs)] + trailer)
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(write, range(count)))
+    with ThreadPoolExecutor(min(32, 2 * (os.cpu_count() or 2))) as pool:
+        list(pool.map(write, range(count), chunksize=256))
     return time.perf_counter() - start
+
+
+def library(folder: Path, count: int, size: tuple[int, int], grain: float) -> float:
+    """Write the library unless `folder` already holds exactly `count` photos; seconds spent."""
+    if folder.is_dir():
+        found = sum(1 for _ in walk_images(folder))
+        if found == count:
+            return 0.0
+        if found or any(folder.iterdir()):
+            raise SystemExit(f"{folder} holds {found} photos, not {count}: pass a new folder")
+    return write_photos(folder, count, size, grain)
 
 
 def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
@@ -103,15 +148,15 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or default_cpu_threads())  # as `coca-search index`
     width, height = (int(v) for v in args.size.lower().split("x"))
-    photos, layout = workdir / "photos", DataLayout(workdir / "data")
-    write_seconds = write_photos(photos, args.count, (width, height))
-    model = build_model(args.model, device)
+    photos, layout = args.photos or workdir / "photos", DataLayout(workdir / "data")
+    write_seconds = library(photos, args.count, (width, height), args.grain)
+    model = build_model(args.model, device, WEIGHTS[args.weights])
     catalog = storage.open_catalog(layout.catalog_path)
     decoding = DecodingConfig(generation_type="greedy", seq_len=args.caption_tokens, min_seq_len=1)
     config = IndexConfig(
         photos_dir=photos,
         index_path=layout.index_path(register_model(catalog, model)),
-        decode=DecodeConfig(workers=args.workers),
+        decode=DecodeConfig(workers=args.workers, backend=args.decode_backend),
         encode=EncodeConfig(
             batch_size=args.batch_size, captions=not args.no_captions, decoding=decoding
         ),
@@ -119,14 +164,19 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     if args.warmup:
         warm(model, config)
     summary = run_index(config, model, catalog)
+    decode_only = decode_throughput(photos, config, model, args.decode_only_count)
     return {
         "benchmark": "index_throughput",
         "model": args.model,
+        "weights": args.weights,
         "device": _device_name(device),
+        "cpu": _cpu_name(),
+        "torch": torch.__version__,
         "count": args.count,
         "size": f"{width}x{height}",
         "batch_size": args.batch_size,
         "workers": args.workers,
+        "decode_backend": "processes" if config.decode.uses_processes() else "threads",
         "torch_threads": torch.get_num_threads(),
         "captions": not args.no_captions,
         "caption_tokens": args.caption_tokens,
@@ -135,9 +185,47 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         "indexed": summary.indexed,
         "errors": summary.errors,
         "times": summary.to_dict()["times"],
+        "split": time_split(summary),
         "model_images_per_second": round(summary.indexed / max(summary.times.model, 1e-9), 1),
+        "decode_only_images_per_second": decode_only,
         "write_files_seconds": round(write_seconds, 2),
     }
+
+
+def time_split(summary: IndexSummary) -> dict[str, float]:
+    """Shares of the run's wall time, indexing thread (they add up to 1 with `other`)."""
+    t, wall = summary.times, max(summary.seconds, 1e-9)
+    parts = {
+        "setup": t.open_index + t.scan,
+        "decode_wait": t.decode_wait,
+        "model": t.model,
+        "commit_wait": t.commit_wait,
+        "save": t.save,
+    }
+    parts["other"] = wall - sum(parts.values())  # batching, staging to pinned memory, progress
+    split = {name: round(value / wall, 3) for name, value in parts.items()}
+    split["gpu_busy"] = round(t.model_device / wall, 3)  # device span / wall (CUDA events)
+    split["commit_thread_busy"] = round(t.commit / wall, 3)
+    return split
+
+
+def decode_throughput(
+    photos: Path, config: IndexConfig, model: torch.nn.Module, count: int
+) -> float | None:
+    """Images/s of the decode pool alone over the first `count` photos (None when count is 0)."""
+    if count <= 0:
+        return None
+    paths = [photos / f.relative_path for f in walk_images(photos)][:count]
+    decode = dataclasses.replace(
+        config.decode,
+        image_size=model.preprocess.image_size,
+        prefetch=2 * config.encode.batch_size,
+    )
+    start = time.perf_counter()
+    decoded = sum(
+        r.image is not None for r in decode_all(paths, decode, model.preprocess.resize_for_model)
+    )
+    return round(decoded / (time.perf_counter() - start), 1)
 
 
 def warm(model: torch.nn.Module, config: IndexConfig) -> None:
@@ -194,6 +282,16 @@ def fill_catalog(catalog: storage.Catalog, model_id: int, photos: Path, dim: int
         catalog.store_indexed(model_id, rows)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -207,11 +305,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the JPEG files")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decoders")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: CPUs - 1)")
     parser.add_argument("--caption-tokens", type=int, default=20)
     parser.add_argument("--no-captions", action="store_true")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--weights", choices=sorted(WEIGHTS), default="fp32")
+    parser.add_argument("--decode-backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--grain", type=float, default=6.0, help="photo grain (std, 0..255)")
+    parser.add_argument("--photos", type=Path, default=None, help="library folder, kept")
+    parser.add_argument("--decode-only-count", type=int, default=0, help="also time decode alone")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--rescan", type=int, default=0, help="time a re-scan of N unchanged files")
     parser.add_argument("--workdir", type=Path, default=None, help="kept when given")
     return parser.parse_args()
@@ -226,7 +330,9 @@ def main() -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Decode image files into small uint8 tensors ready for the model, in a bounded parallel pool.
 
 Decoding is the CPU-heavy stage of indexing, so it runs ahead of the model in worker threads
-(Pillow releases the GIL while it decodes and resizes). Each image is reduced as early as possible:
+(Pillow releases the GIL while it decodes and resizes) or, with many cores, in worker processes
+(`indexer.decode_processes`): the Python work around each decode holds the GIL, which caps threads
+near a thousand images/s however many cores there are. Each image is reduced as early as possible:
 JPEGs are decoded at a reduced DCT scale (draft mode) when the model needs far fewer pixels, and the
 model's `resize_for_model` resamples only the centre square, so odd aspect ratios stay cheap.
 A file that fails is returned with its error message; it never stops the pool.
@@ -48,6 +50,12 @@ _ORIENTATION_TRANSPOSES = {
     8: Image.Transpose.ROTATE_90,
 }
 
+BACKENDS = ("auto", "threads", "processes")
+# From this many decode workers up, "auto" uses processes: the Python part of each decode (open,
+# EXIF, array copies) holds the GIL, and the model and commit threads need it too, so threads stop
+# scaling after a few cores; a process costs a one-off start (a forkserver importing torch).
+PROCESS_WORKERS = 6
+
 _heif_lock = threading.Lock()
 _heif_registered = False
 
@@ -62,11 +70,29 @@ class DecodeConfig:
 
     image_size: int = 224  # side S of the model's square input; JPEG draft keeps >= S on each side
     max_pixels: int = 2 * Image.MAX_IMAGE_PIXELS  # larger images are refused (decompression bombs)
-    workers: int = 2  # decode threads; about one per free CPU core
+    workers: int = 2  # decode threads or processes; about one per free CPU core
     # Files decoded ahead of the consumer. The indexer raises it to two batches, so the workers
     # keep decoding the next batch while the model is busy with the current one.
     prefetch: int = 64
     use_draft: bool = True  # reduced-size JPEG decode; off only to compare against full decodes
+    # "threads", "processes", or "auto": processes from PROCESS_WORKERS workers up, where the GIL
+    # held by the Python part of each decode would leave cores idle.
+    backend: str = "auto"
+    chunk_size: int = 32  # files per task sent to a decode process (amortises the hand-over)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.workers < 1 or self.chunk_size < 1:
+            raise ValueError(
+                f"workers and chunk_size must be at least 1, got {self.workers}, {self.chunk_size}"
+            )
+
+    def uses_processes(self) -> bool:
+        """True when decoding runs in worker processes rather than threads."""
+        if self.backend == "auto":
+            return self.workers >= PROCESS_WORKERS
+        return self.backend == "processes"
 
 
 @dataclass(frozen=True)
@@ -211,6 +237,11 @@ def decode_all(
     long the input is, and the consumer (the model) finds the next image already decoded.
     """
     prepare = prepare or default_prepare(config.image_size)
+    if config.uses_processes():
+        from indexer.decode_processes import decode_in_processes
+
+        yield from decode_in_processes(paths, config, prepare)
+        return
     window = max(1, config.workers, config.prefetch)
     pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="decode")
     pending: deque[Future[DecodeResult]] = deque()

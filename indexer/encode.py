@@ -43,7 +43,10 @@ class EncodedBatch:
 
     embeddings: np.ndarray  # float32 (B, E), L2-normalised
     captions: list[str] | None  # None when captions are off
-    gpu_seconds: float  # time spent in the model for this batch (synchronised)
+    gpu_seconds: float  # wall time of encode(): staging, model, copies back (synchronised)
+    # Time the device spent between the first and the last model kernel of the batch (CUDA
+    # events; host waits inside decoding included); on a CPU the same as gpu_seconds.
+    device_seconds: float
 
 
 def default_cpu_threads() -> int:
@@ -80,17 +83,35 @@ class BatchEncoder:
     def encode(self, images: list[torch.Tensor]) -> EncodedBatch:
         """Embed (and caption) a batch; the result does not depend on the batch size."""
         start = time.perf_counter()
+        events = self._events()
         batch = self._to_device(images)  # uint8 (B, 3, S, S) on the model's device
         with torch.inference_mode(), self._autocast():
-            pixels = self.model.preprocess.batch(batch)  # float (B, 3, S, S), normalised
-            encoding = self.model.encode_image_with_tokens(pixels)
+            if events:
+                events[0].record()
+            pixels = self.model.preprocess.batch(batch)  # float32 (B, 3, S, S), normalised
+            # A model cast to bf16/fp16 weights takes its inputs in that dtype.
+            encoding = self.model.encode_image_with_tokens(pixels.to(self._input_dtype()))
             latent = encoding.latent.float()  # (B, E)
-            captions = None
+            token_ids = None
             if self.config.captions:
                 token_ids = self.model.generate_from_tokens(encoding.tokens, self.config.decoding)
-                captions = caption_texts(self.model, token_ids)
+            if events:
+                events[1].record()
         embeddings = latent.cpu().numpy().astype(np.float32, copy=False)
-        return EncodedBatch(embeddings, captions, time.perf_counter() - start)
+        captions = None if token_ids is None else caption_texts(self.model, token_ids)
+        wall = time.perf_counter() - start
+        if events:
+            events[1].synchronize()
+        device = events[0].elapsed_time(events[1]) / 1000 if events else wall
+        return EncodedBatch(embeddings, captions, wall, device)
+
+    def _events(self) -> tuple[torch.cuda.Event, torch.cuda.Event] | None:
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def _input_dtype(self) -> torch.dtype:
+        return next(self.model.visual.parameters()).dtype
 
     def _to_device(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Stack (3, S, S) images into a (B, 3, S, S) batch on the model's device.

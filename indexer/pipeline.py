@@ -68,7 +68,8 @@ class StageTimes:
     open_index: float = 0.0  # loading (or rebuilding) the vector index
     scan: float = 0.0  # walk, diff against the catalog, removals and moves
     decode_wait: float = 0.0  # the model waiting for decoded images
-    model: float = 0.0  # vision pass + caption decoding (synchronised)
+    model: float = 0.0  # vision pass + caption decoding (synchronised), as the host waits for it
+    model_device: float = 0.0  # the device's span over the model's kernels (CUDA events)
     commit: float = 0.0  # catalog transactions and index updates (in the commit thread)
     commit_wait: float = 0.0  # the model waiting for the previous commit to finish
     save: float = 0.0  # writing the FAISS file
@@ -309,6 +310,7 @@ class _Run:
         encoded = self.encoder.encode(pixels) if pixels else None
         if encoded is not None:
             self.times["model"] += encoded.gpu_seconds
+            self.times["model_device"] += encoded.device_seconds
         self._wait(pending)
         return committer.submit(self._commit, batch, encoded)
 

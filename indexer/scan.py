@@ -1,8 +1,8 @@
 """Scan a photo folder and compare it with what the catalog already knows.
 
 The walk uses `os.scandir`, so a re-scan of an unchanged library costs one `stat` per file and no
-reads. Content is hashed (the catalog's head-and-tail hash) only for files the catalog has not seen
-at that path (new or changed): that is all rename detection needs.
+reads. Content is hashed (the catalog's head-and-tail hash, in parallel threads) only for files the
+catalog has not seen at that path (new or changed): that is all rename detection needs.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from storage.hashing import content_hash
 from storage.records import KnownFile
 
 logger = logging.getLogger(__name__)
+
+# Threads hashing new files: enough to keep a fast disk busy, few enough for a small machine.
+HASH_WORKERS = min(16, os.cpu_count() or 1)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {
@@ -130,12 +134,14 @@ def diff_library(
     found: Iterable[FoundFile],
     known: Mapping[str, KnownFile],
     hasher: Callable[[Path], str] = content_hash,
+    workers: int = HASH_WORKERS,
 ) -> ScanDiff:
     """Sort found files into new, changed, unchanged and moved; catalog rows left over are deleted.
 
     `known` maps relative paths to catalog rows (`Catalog.known_files`). A file found at a path
     the catalog does not know is a move when its content hash equals that of a catalog row whose
-    own file has vanished; otherwise it is new. Each vanished row matches once.
+    own file has vanished; otherwise it is new. Each vanished row matches once. New and changed
+    files are hashed by `workers` threads (file reads and blake2b release the GIL).
     """
     diff = ScanDiff()
     unseen = dict(known)
@@ -150,14 +156,13 @@ def diff_library(
             diff.unchanged.append(file)
         else:
             diff.changed.append(file)
-            _remember_hash(diff, root, file, hasher)
+    _hash_files(diff, root, diff.changed + arrivals, hasher, workers)
     vanished_by_hash: dict[str, list[str]] = {}
     for path, row in sorted(unseen.items()):
         if row.content_hash:
             vanished_by_hash.setdefault(row.content_hash, []).append(path)
     for file in arrivals:
-        digest = _remember_hash(diff, root, file, hasher)
-        candidates = vanished_by_hash.get(digest or "")
+        candidates = vanished_by_hash.get(diff.hashes.get(file.relative_path) or "")
         if candidates:
             old_path = candidates.pop(0)
             row = unseen.pop(old_path)
@@ -168,14 +173,28 @@ def diff_library(
     return diff
 
 
-def _remember_hash(
-    diff: ScanDiff, root: Path, file: FoundFile, hasher: Callable[[Path], str]
-) -> str | None:
-    """Hash a file for the catalog; an unreadable file gets no hash (decode will record why)."""
-    try:
-        digest = hasher(Path(root) / file.relative_path)
-    except OSError as error:
-        logger.debug("cannot hash %s: %s", file.relative_path, error)
-        return None
-    diff.hashes[file.relative_path] = digest
-    return digest
+def _hash_files(
+    diff: ScanDiff,
+    root: Path,
+    files: list[FoundFile],
+    hasher: Callable[[Path], str],
+    workers: int,
+) -> None:
+    """Hash files for the catalog into `diff.hashes`; an unreadable file gets no hash (decode
+    will record why)."""
+
+    def digest(file: FoundFile) -> str | None:
+        try:
+            return hasher(Path(root) / file.relative_path)
+        except OSError as error:
+            logger.debug("cannot hash %s: %s", file.relative_path, error)
+            return None
+
+    if workers > 1 and len(files) > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="hash") as pool:
+            digests = list(pool.map(digest, files, chunksize=64))
+    else:
+        digests = [digest(file) for file in files]
+    for file, value in zip(files, digests, strict=True):
+        if value is not None:
+            diff.hashes[file.relative_path] = value

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# GPU indexing throughput (issue 4), one command on the device machine:
+#
+#     bash benchmarks/gpu_index_run.sh "$OUT"            # one H100: ~2-4 minutes, capped at 230 s
+#     SMOKE=1 bash benchmarks/gpu_index_run.sh /tmp/out  # tiny CPU dry run of the same steps
+#
+# Random-weight coca_ViT-B-32 (20,480 photos) and coca_ViT-L-14 (8,192 photos), greedy captions of
+# at most 20 tokens, 1024x768 JPEGs written to /tmp first, batch 512; first as `coca-search index`
+# runs them (fp32 weights, bf16 autocast), then with bf16 weights while time is left. Writes at
+# most three files to OUT: gpu_index.log (everything printed), gpu_index.json (one object per
+# run), gpu_index.md (a table for BENCHMARKS.md).
+set -uo pipefail
+
+OUT=${1:?usage: bash benchmarks/gpu_index_run.sh OUT_DIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+DEADLINE=$(($(date +%s) + ${BUDGET_S:-230}))
+RUNS=/tmp/coca_gpu_index_runs
+rm -rf "$RUNS" && mkdir -p "$RUNS"
+exec > >(tee "$OUT/gpu_index.log") 2>&1
+
+# Packages the device lacks come from the carried wheels (skipped when already importable).
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+if ! $PY -c "import sqlalchemy, faiss" 2>/dev/null; then
+    echo "installing carried wheels into /tmp/site"
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || echo "wheel install failed"
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+$PY -c "import sys, torch, PIL; print(sys.version.split()[0], 'torch', torch.__version__, \
+'cuda', torch.cuda.is_available(), 'pillow', PIL.__version__)"
+nvidia-smi 2>/dev/null || echo "(no nvidia-smi)"
+nproc
+
+if [ -n "${SMOKE:-}" ]; then
+    COMMON=(--device cpu --size 1024x768 --batch-size 16 --workers 2 --decode-backend processes)
+    B32=(--model preset:coca_tiny --count 64 --photos /tmp/coca_bench_smoke_64)
+    L14=(--model preset:coca_tiny --count 32 --photos /tmp/coca_bench_smoke_32)
+    DECODE_ONLY=64
+else
+    # 14 decoders: two of the 16 cores stay for the indexing thread (CUDA launches) and commits.
+    COMMON=(--device cuda --size 1024x768 --batch-size 512 --workers 14)
+    B32=(--model preset:coca_ViT-B-32 --count 20480 --photos /tmp/coca_bench_lib_20480)
+    L14=(--model preset:coca_ViT-L-14 --count 8192 --photos /tmp/coca_bench_lib_8192)
+    DECODE_ONLY=8192
+fi
+
+# run NAME CAP_S ARGS...: one bench_index.py run under `timeout`, GPU utilisation sampled beside.
+run() {
+    local name=$1 cap=$2
+    shift 2
+    local left=$((DEADLINE - $(date +%s)))
+    local limit=$((cap < left ? cap : left))
+    if [ "$limit" -lt 20 ]; then
+        echo "=== $name: skipped, ${left}s left of the budget"
+        return
+    fi
+    echo "=== $name (timeout ${limit}s): $*"
+    local sampler=""
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 250 \
+            >"$RUNS/$name.smi" 2>/dev/null &
+        sampler=$!
+    fi
+    local start=$(date +%s)
+    timeout -k 5 "$limit" $PY benchmarks/bench_index.py "$@" --json-out "$RUNS/$name.json"
+    echo "=== $name: exit $?, $(($(date +%s) - start))s"
+    [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
+}
+
+run b32_fp32_autocast 80 "${COMMON[@]}" "${B32[@]}" --decode-only-count "$DECODE_ONLY"
+run l14_fp32_autocast 70 "${COMMON[@]}" "${L14[@]}"
+run b32_bf16_weights 45 "${COMMON[@]}" "${B32[@]}" --weights bf16
+run l14_bf16_weights 45 "${COMMON[@]}" "${L14[@]}" --weights bf16
+
+$PY - "$RUNS" "$OUT" <<'EOF'
+import json, statistics, sys
+from pathlib import Path
+
+runs, out = Path(sys.argv[1]), Path(sys.argv[2])
+names = ["b32_fp32_autocast", "l14_fp32_autocast", "b32_bf16_weights", "l14_bf16_weights"]
+results = []
+for name in names:
+    path = runs / f"{name}.json"
+    if not path.exists():
+        continue
+    result = json.loads(path.read_text())
+    smi = runs / f"{name}.smi"
+    samples = [int(v) for v in smi.read_text().split() if v.isdigit()] if smi.exists() else []
+    # nvidia-smi's "utilization": share of time a kernel was running, sampled over the whole
+    # process (model build, warm-up and the run), so a lower bound for the run alone.
+    result["nvidia_smi_util_mean"] = round(statistics.mean(samples), 1) if samples else None
+    result["run"] = name
+    results.append(result)
+(out / "gpu_index.json").write_text(json.dumps(results, indent=1) + "\n")
+lines = [
+    f"# Indexing throughput: {results[0]['device'] if results else '?'}",
+    "",
+    f"CPU: {results[0]['cpu'] if results else '?'}; torch {results[0]['torch'] if results else '?'}",
+    "",
+    "| run | photos | images/s | wall s | GPU busy (events) | model (host) | decode wait "
+    "| commit wait | setup | other | commit thread | smi util % | decode alone /s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+for r in results:
+    s = r["split"]
+    lines.append(
+        f"| {r['run']} ({r['model']}, {r['weights']}) | {r['indexed']} | "
+        f"**{r['images_per_second']:,.1f}** | {r['seconds']} | {s['gpu_busy']:.0%} | "
+        f"{s['model']:.0%} | {s['decode_wait']:.0%} | {s['commit_wait']:.0%} | {s['setup']:.0%} | "
+        f"{s['other']:.0%} | {s['commit_thread_busy']:.0%} | {r['nvidia_smi_util_mean']} | "
+        f"{r['decode_only_images_per_second'] or '-'} |"
+    )
+lines += ["", "Stage seconds per run:", ""]
+lines += [f"- {r['run']}: {json.dumps(r['times'])}" for r in results]
+(out / "gpu_index.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
+echo "total $((${BUDGET_S:-230} - DEADLINE + $(date +%s)))s"

@@ -1,0 +1,146 @@
+"""Decode in worker processes, for machines with many cores (`DecodeConfig.backend`).
+
+Each task is a chunk of paths; the worker decodes them with `decode_or_error` and sends back one
+uint8 (n, S, S, 3) array plus small per-file records, so a chunk costs one pickle, not one per
+image, and no torch tensor crosses the process boundary (torch would pass each through shared
+memory). Results come back in input order, like the thread pool's.
+
+Workers are forked, all at once on the first task (as torch's DataLoader does, CUDA may be up in
+the parent; the workers never touch it, nor torch's thread pools). A forkserver or spawn would
+re-run the caller's main script in every worker and import torch again in each. Each worker asks
+Linux to kill it when the indexer dies, so a `kill -9` leaves no decoders behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import pickle
+import signal
+import sys
+import warnings
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer.decode import DecodeConfig, DecodedImage, DecodeResult, Prepare, decode_or_error
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+@dataclass(frozen=True)
+class _FileRecord:
+    """One file of a chunk: its metadata, or its error (then it has no row in the pixel array)."""
+
+    path: Path
+    error: str | None
+    width: int = 0
+    height: int = 0
+    format: str | None = None
+    taken_at: datetime | None = None
+    camera: str | None = None
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """What a worker sends back: pixels of the decoded files in order, and every file's record."""
+
+    pixels: np.ndarray | None  # uint8 (n_ok, S, S, 3); None when no file of the chunk decoded
+    records: list[_FileRecord]
+
+
+def decode_in_processes(
+    paths: Iterable[Path], config: DecodeConfig, prepare: Prepare
+) -> Generator[DecodeResult, None, None]:
+    """`decode_all` over a process pool; at most about `prefetch` files are in flight."""
+    try:
+        pickle.dumps(prepare)
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        raise ValueError(
+            f"decoding in processes needs a picklable prepare function ({error}); "
+            "use DecodeConfig(backend='threads')"
+        ) from error
+    context = multiprocessing.get_context("fork")
+    window = max(2 * config.workers, -(-config.prefetch // config.chunk_size))
+    pool = ProcessPoolExecutor(
+        max_workers=config.workers, mp_context=context, initializer=_die_with_parent
+    )
+    pending: deque[Future[_Chunk]] = deque()
+    try:
+        for chunk in _chunks(paths, config.chunk_size):
+            with warnings.catch_warnings():
+                # Python 3.12+ warns that forking a threaded process (CUDA, BLAS) may deadlock
+                # the child; the workers only run Pillow and numpy, never the parent's threads.
+                warnings.filterwarnings("ignore", "This process .* is multi-threaded")
+                pending.append(pool.submit(_decode_chunk, chunk, config, prepare))
+            if len(pending) >= window:
+                yield from _results(pending.popleft().result())
+        while pending:
+            yield from _results(pending.popleft().result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
+    iterator = iter(paths)
+    while chunk := [Path(path) for path in islice(iterator, size)]:
+        yield chunk
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, get SIGKILL when the parent process dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError) as error:
+        logger.debug("cannot ask to die with the parent: %s", error)
+
+
+def _decode_chunk(paths: list[Path], config: DecodeConfig, prepare: Prepare) -> _Chunk:
+    """Runs in a worker: decode every path, never raising for a bad file."""
+    arrays: list[np.ndarray] = []
+    records: list[_FileRecord] = []
+    for path in paths:
+        result = decode_or_error(path, config, prepare)
+        image = result.image
+        if image is None:
+            records.append(_FileRecord(path, result.error or "unknown decode error"))
+            continue
+        arrays.append(image.pixels.permute(1, 2, 0).numpy())  # (S, S, 3), a view
+        records.append(
+            _FileRecord(
+                path, None, image.width, image.height, image.format, image.taken_at, image.camera
+            )
+        )
+    return _Chunk(np.stack(arrays) if arrays else None, records)
+
+
+def _results(chunk: _Chunk) -> Iterator[DecodeResult]:
+    """Turn a worker's chunk back into per-file results (pixels are views of the chunk array)."""
+    pixels = chunk.pixels
+    if pixels is not None and not pixels.flags.writeable:
+        pixels = pixels.copy()  # torch.from_numpy warns on read-only memory
+    row = 0
+    for record in chunk.records:
+        if record.error is not None:
+            yield DecodeResult(record.path, None, record.error)
+            continue
+        assert pixels is not None  # a record without an error has a row
+        tensor = torch.from_numpy(pixels[row]).permute(2, 0, 1)  # (S, S, 3) -> (3, S, S)
+        row += 1
+        image = DecodedImage(
+            tensor, record.width, record.height, record.format, record.taken_at, record.camera
+        )
+        yield DecodeResult(record.path, image, None)
