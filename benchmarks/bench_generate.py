@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--kernel-table", type=int, default=0, help="write the N costliest kernels per step (GPU)"
     )
+    p.add_argument(
+        "--compile-step",
+        action="store_true",
+        help="also time ours with the torch.compile'd one-token step (fp32 and bf16 weights)",
+    )
+    p.add_argument("--no-autocast", action="store_true", help="skip ours under bf16 autocast")
     p.add_argument("--reference-job", type=Path, help=argparse.SUPPRESS)  # child process mode
     args = p.parse_args(argv)
     if args.tiny:
@@ -231,6 +237,46 @@ def run_ours(args: argparse.Namespace, model: Any, images: torch.Tensor, prefix:
     return result
 
 
+def run_compiled(
+    args: argparse.Namespace, model: Any, images: torch.Tensor, prefix: str, eager_ids: Any
+) -> dict:
+    """run_ours with the torch.compile'd one-token step; the first call's extra time (the
+    compiles: greedy rows, then beam rows) is recorded, and greedy tokens are compared with the
+    eager step's."""
+    import torch._dynamo
+
+    # One compile per model x dtype x search shape: past the default limit torch.compile would
+    # silently fall back to eager for the later models.
+    for name, value in (("recompile_limit", 64), ("accumulated_recompile_limit", 256)):
+        try:
+            setattr(torch._dynamo.config, name, value)
+        except AttributeError:  # older spelling
+            setattr(torch._dynamo.config, name.replace("recompile", "cache_size"), value)
+    from coca.generate import DecodingConfig, generate_from_tokens
+
+    model.decode_compiled = True
+    try:
+        with torch.no_grad():
+            enc = model.encode_image_with_tokens(images)
+            compile_s = {}
+            for kind, cfg in {
+                "greedy": DecodingConfig(generation_type="greedy", seq_len=args.seq_len),
+                "beam": DecodingConfig(seq_len=args.seq_len),
+            }.items():
+                start = time.perf_counter()
+                generate_from_tokens(model, enc.tokens, cfg)
+                sync(args.device)
+                compile_s[kind] = time.perf_counter() - start
+        result = run_ours(args, model, images, prefix)
+        result[f"{prefix}first_call_s"] = compile_s
+        if eager_ids is not None and f"{prefix}greedy_ids" in result:
+            same = (result[f"{prefix}greedy_ids"] == eager_ids).all(dim=1)
+            result[f"{prefix}greedy_rows_identical_to_eager"] = int(same.sum())
+        return result
+    finally:
+        model.decode_compiled = False
+
+
 def step_metrics(args: argparse.Namespace, model: Any, tokens: torch.Tensor, config: Any) -> dict:
     """Time per decoder step (search work included), kernels per step and the card's floor."""
     from coca.generate import SpecialTokens, decode
@@ -399,14 +445,30 @@ def bench_model(args: argparse.Namespace, name: str, work: Path) -> dict[str, An
     model = load_ours(args, name, work / "open_clip_folder", torch.float32)
     res: dict[str, Any] = {"reference": ref, "shared_weights": "error" not in ref}
     res.update(run_ours(args, model, images, "fp32_"))
-    with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16):
-        res.update(run_ours(args, model, images, "autocast_"))
+    if not args.no_autocast:
+        with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16):
+            res.update(run_ours(args, model, images, "autocast_"))
     res.update(parity(args, model, images, res, work))
+    if args.compile_step:
+        res.update(run_compiled(args, model, images, "fp32c_", res.get("fp32_greedy_ids")))
     del model
     logger.info("%s: ours bf16 weights", name)
     model = load_ours(args, name, work / "open_clip_folder", torch.bfloat16)
     res.update(run_ours(args, model, images.to(torch.bfloat16), "bf16_"))
+    if args.compile_step:
+        bf16_ids = res.get("bf16_greedy_ids")
+        res.update(run_compiled(args, model, images.to(torch.bfloat16), "bf16c_", bf16_ids))
     return {k: v for k, v in res.items() if not k.endswith("_ids")}
+
+
+# Columns of ours: result-key prefix -> label.
+VARIANTS = {
+    "fp32_": "ours fp32",
+    "autocast_": "ours bf16 autocast",
+    "bf16_": "ours bf16 weights",
+    "fp32c_": "ours fp32, compiled step",
+    "bf16c_": "ours bf16 weights, compiled step",
+}
 
 
 def ref_decode_rate(ref: dict, batch: int, kind: str) -> float | None:
@@ -432,8 +494,11 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], meta: dict[str, 
         f"fp32 random images; torch {meta['torch']}. Captions/s (vision: images/s), median "
         "of the timed runs; (×) = over the reference (vision bf16: over its bf16 autocast).",
         "",
-        "| model | measure | reference | ours fp32 | ours bf16 autocast | ours bf16 weights |",
-        "|---|---|---|---|---|---|",
+    ]
+    columns = [p for p in VARIANTS if any(f"{p}greedy" in r for r in results.values())]
+    lines += [
+        "| model | measure | reference | " + " | ".join(VARIANTS[p] for p in columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
     ]
     for name, r in results.items():
         ref = r["reference"]
@@ -445,14 +510,21 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], meta: dict[str, 
             ("vision tower", "vision"),
         ]:
             if key.endswith("_decode"):
-                refs = [ref_decode_rate(ref, args.batch, key.split("_")[0])] * 3
+                refs = [ref_decode_rate(ref, args.batch, key.split("_")[0])] * len(columns)
             elif key == "vision":
-                refs = [ref.get("vision_fp32"), ref.get("vision_bf16"), ref.get("vision_bf16")]
+                refs = [
+                    ref.get("vision_fp32" if p.startswith("fp32") else "vision_bf16")
+                    for p in columns
+                ]
             else:
-                refs = [ref.get(key)] * 3
-            ours = [r.get(f"{p}{key}") for p in ("fp32_", "autocast_", "bf16_")]
+                refs = [ref.get(key)] * len(columns)
+            ours = [r.get(f"{p}{key}") for p in columns]
             cells = " | ".join(fmt(o, rv) for o, rv in zip(ours, refs, strict=True))
-            ref_cell = fmt(refs[0]) + (f" / {fmt(refs[1])} bf16" if key == "vision" else "")
+            ref_cell = (
+                fmt(ref.get("vision_fp32")) + f" / {fmt(ref.get('vision_bf16'))} bf16"
+                if key == "vision"
+                else fmt(refs[0])
+            )
             lines.append(f"| {name} | {label} | {ref_cell} | {cells} |")
     lines += ["", "Decoding step (search work included; floor = bytes read / bandwidth):", ""]
     lines += [
@@ -463,7 +535,7 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], meta: dict[str, 
     nan = float("nan")
     for name, r in results.items():
         for kind in ("greedy", "beam"):
-            for prefix in ("fp32_", "autocast_", "bf16_"):
+            for prefix in VARIANTS:
                 s = r.get(f"{prefix}{kind}_step")
                 if not s:
                     continue
@@ -487,6 +559,15 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], meta: dict[str, 
                 for k in s["top_kernels"]
             ]
     lines += ["", "Checks:", ""]
+    for name, r in results.items():
+        for prefix in ("fp32c_", "bf16c_"):
+            if f"{prefix}first_call_s" in r:
+                lines.append(
+                    f"- {name}: {VARIANTS[prefix]}: first call (compiles) "
+                    + ", ".join(f"{k} {v:.1f} s" for k, v in r[f"{prefix}first_call_s"].items())
+                    + "; greedy rows identical to the eager step: "
+                    + f"{r.get(f'{prefix}greedy_rows_identical_to_eager')}/{args.batch}"
+                )
     for name, r in results.items():
         errors = {k: v for k, v in r.items() if k.endswith("error")}
         errors.update({"reference": r["reference"]["error"]} if "error" in r["reference"] else {})
@@ -522,6 +603,12 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 results[name] = {"error": traceback.format_exc()}
                 logger.error("%s failed:\n%s", name, results[name]["error"])
+        write_results(args, meta, results)  # after each model: a run cut short keeps its part
+    failed = [k for k, v in results.items() if any(key.endswith("error") for key in v)]
+    return 1 if failed else 0
+
+
+def write_results(args: argparse.Namespace, meta: dict[str, Any], results: dict[str, Any]) -> None:
     ok = {k: v for k, v in results.items() if "error" not in v}
     summary = {"meta": meta, "args": {k: str(v) for k, v in vars(args).items()}}
     (args.out / "bench_generate.json").write_text(
@@ -529,9 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = markdown(args, ok, meta) if ok else "# Generation benchmark\n\nevery model failed\n"
     (args.out / "bench_generate.md").write_text(report)
-    print(report)
-    failed = [k for k, v in results.items() if any(key.endswith("error") for key in v)]
-    return 1 if failed else 0
+    print(report, flush=True)
 
 
 if __name__ == "__main__":

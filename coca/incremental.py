@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from coca.decoder import MultimodalDecoder, check_rows
+from coca.fused_step import StepFunction
 from coca.layers import CrossBlock, attention_bias
 from coca.text import TextTransformer, causal_mask, legacy_key_mask
 
@@ -41,8 +42,12 @@ class CachedDecoder:
         image_tokens: torch.Tensor,
         max_len: int,
         cuda_graphs: bool = True,
+        step_function: StepFunction | None = None,
     ) -> None:
+        # step_function: None runs one-token steps eagerly, layer by layer, writing the caches
+        # in place; else coca.fused_step.one_token_step or its compiled form (fewer kernels).
         self.text, self.decoder = text, decoder
+        self._fused_step = step_function
         self.max_len = max_len
         self.length = 0  # tokens fed so far (the filled prefix of every cache)
         self.batch = image_tokens.shape[0]
@@ -155,6 +160,8 @@ class CachedDecoder:
 
     def _step_one(self, tokens: torch.Tensor) -> torch.Tensor:
         """One token per row with fixed shapes and no host sync (CUDA-graph safe)."""
+        if self._fused_step is not None:
+            return self._step_one_fused(tokens)
         rows = tokens.shape[0]
         pos = self._position  # (1,)
         # open_clip's shifted pad mask: this slot is valid unless the previous token was pad.
@@ -169,6 +176,36 @@ class CachedDecoder:
         emb = self.text.token_embedding(tokens).to(self._dtype)  # (B, 1, D)
         x = emb + self.text.positional_embedding.index_select(0, pos)
         logits = self._run_layers(x, pos, text_bias, dec_bias)
+        self._last_token[:rows].copy_(tokens[:, -1])
+        pos.add_(1)
+        return logits
+
+    def _step_one_fused(self, tokens: torch.Tensor) -> torch.Tensor:
+        """_step_one through the pure step function: it reads the caches, and the new keys and
+        values of every layer are written afterwards with one index_copy_ per cache."""
+        rows = tokens.shape[0]
+        pos = self._position  # (1,)
+        valid = (self._last_token[:rows] != self.text.pad_id) | (pos == 0)  # (B,)
+        self._key_valid[:rows].index_copy_(1, pos, valid.unsqueeze(1))
+        text_valid = torch.cat([self._key_valid[:rows], valid.unsqueeze(1)], dim=1)  # (B, T+1)
+        text_kv, dec_kv = self._text_kv[:, :, :rows], self._dec_kv[:, :, :rows]
+        cross_kv, rows_per_image = self._cross_kv, self._rows_per_image
+        if rows_per_image is None:  # rows out of image order: a copy of K/V per row (rare)
+            idx = self._row_image_device
+            cross_kv, rows_per_image = [(k[idx], v[idx]) for k, v in cross_kv], 1
+        logits, new_text, new_dec = self._fused_step(
+            self.text,
+            self.decoder,
+            tokens,
+            pos,
+            text_valid,
+            text_kv,
+            dec_kv,
+            cross_kv,
+            rows_per_image,
+        )
+        text_kv.index_copy_(4, pos, new_text)  # new_*: (2, Lyr, B, H, 1, Dh)
+        dec_kv.index_copy_(4, pos, new_dec)
         self._last_token[:rows].copy_(tokens[:, -1])
         pos.add_(1)
         return logits

@@ -19,6 +19,7 @@ from torch import nn
 
 from coca.config import CocaConfig
 from coca.decoder import FullPrefixDecoder, MultimodalDecoder
+from coca.fused_step import compiled_one_token_step
 from coca.incremental import CachedDecoder
 from coca.text import TextTransformer
 from coca.vision import VisionTransformer
@@ -67,6 +68,9 @@ class CoCa(nn.Module):
         self.preprocess: Any = None
         # Default for incremental_decoder(cuda_graphs=None); switch off to compare or debug.
         self.decode_with_cuda_graphs = True
+        # Default for incremental_decoder(compile_step=None): torch.compile the one-token step
+        # (coca.fused_step). Worth it for many batches (indexing); the first batch compiles.
+        self.decode_compiled = False
 
     @property
     def device(self) -> torch.device:
@@ -158,11 +162,13 @@ class CoCa(nn.Module):
         image_tokens: torch.Tensor,
         max_len: int | None = None,
         cuda_graphs: bool | None = None,
+        compile_step: bool | None = None,
     ) -> CachedDecoder:
         """KV-cached decoder, one row per image. `max_len` caps the tokens fed in total (prompt
         included; default the decoder's context length): smaller means smaller caches.
         `cuda_graphs` replays one-token steps as CUDA graphs (CUDA only; under autocast too);
-        None means `self.decode_with_cuda_graphs`."""
+        None means `self.decode_with_cuda_graphs`. `compile_step` runs one-token steps through
+        torch.compile (coca.fused_step); None means `self.decode_compiled`."""
         self._check_image_tokens(image_tokens)
         limit = min(self.config.decoder.context_length, self.config.text.context_length)
         max_len = limit if max_len is None else max_len
@@ -170,7 +176,9 @@ class CoCa(nn.Module):
             raise ValueError(f"max_len must lie in [1, {limit}], got {max_len}")
         tokens = image_tokens.to(self.dtype)
         graphs = self.decode_with_cuda_graphs if cuda_graphs is None else cuda_graphs
-        return CachedDecoder(self.text, self.text_decoder, tokens, max_len, graphs)
+        compiled = self.decode_compiled if compile_step is None else compile_step
+        step = compiled_one_token_step() if compiled else None
+        return CachedDecoder(self.text, self.text_decoder, tokens, max_len, graphs, step)
 
     def full_prefix_decoder(self, image_tokens: torch.Tensor) -> FullPrefixDecoder:
         """Uncached decoder with the same protocol (the reference for tests)."""
