@@ -239,3 +239,20 @@ def test_train_tiny_run_with_hard_negatives_lowers_loss(tmp_path: Path) -> None:
     assert result.finished and len(losses) == 30 and all(math.isfinite(x) for x in losses)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 1.0, f"loss did not fall: {first:.3f} -> {last:.3f}"
+
+
+def test_rendered_pool_negatives_are_the_same_from_parallel_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import coca.scene_pool
+
+    config = GeneratedDataConfig(
+        pool_size=12, width=40, height=30, workers=1, partial_captions_per_image=2,
+        hard_negatives=0.5,
+    )  # fmt: skip
+    tokenizer, preprocess = world_tokenizer(), world_preprocess(32)
+    serial = render_scenes(config, preprocess, tokenizer)
+    monkeypatch.setattr(coca.scene_pool, "_RENDER_CHUNK", 3)  # 4 chunks over 2 workers
+    parallel = render_scenes(dataclasses.replace(config, workers=2), preprocess, tokenizer)
+    assert serial.negatives == parallel.negatives
+    np.testing.assert_array_equal(serial.negative_tokens, parallel.negative_tokens)

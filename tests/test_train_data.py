@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import coca.data
+import coca.scene_pool
 from coca.data import (
     DataError,
     GeneratedBatches,
@@ -39,7 +39,7 @@ def test_step_generator_depends_only_on_seed_and_step() -> None:
 def test_render_scenes_parallel_equals_serial(monkeypatch: pytest.MonkeyPatch) -> None:
     config = GeneratedDataConfig(pool_size=12, width=40, height=30, captions_per_image=2, workers=1)
     serial = render_scenes(config, world_preprocess(32), world_tokenizer())
-    monkeypatch.setattr(coca.data, "_RENDER_CHUNK", 3)  # 4 chunks over 2 worker processes
+    monkeypatch.setattr(coca.scene_pool, "_RENDER_CHUNK", 3)  # 4 chunks over 2 worker processes
     parallel_config = GeneratedDataConfig(
         pool_size=12, width=40, height=30, captions_per_image=2, workers=2
     )
@@ -49,7 +49,9 @@ def test_render_scenes_parallel_equals_serial(monkeypatch: pytest.MonkeyPatch) -
     assert serial.captions == parallel.captions
     np.testing.assert_array_equal(serial.tokens, parallel.tokens)
     assert serial.tokens.shape[:2] == (12, 2)
-    monkeypatch.setattr(coca.data, "_shared_memory_fits", lambda nbytes: False)  # tiny /dev/shm
+    monkeypatch.setattr(
+        coca.scene_pool, "_shared_memory_fits", lambda nbytes: False
+    )  # tiny /dev/shm
     piped = render_scenes(parallel_config, world_preprocess(32), world_tokenizer())
     np.testing.assert_array_equal(serial.images, piped.images)
     assert serial.captions == piped.captions
@@ -217,7 +219,8 @@ def test_render_workers_do_not_hang_after_the_parent_used_torch_threads() -> Non
         x = torch.ones(4096, 64)
         (x @ x.T).sum()  # the parent's OpenMP pool is now running
         import coca.data
-        coca.data._RENDER_CHUNK = 140  # 140 scenes x 8 texts x 32 ids: a parallel torch.full
+        import coca.scene_pool
+        coca.scene_pool._RENDER_CHUNK = 140  # 140 scenes x 8 texts x 32 ids: a parallel torch.full
         from coca.recipe import world_preprocess, world_tokenizer
         config = coca.data.GeneratedDataConfig(
             pool_size=300, width=40, height=30, workers=2, partial_captions_per_image=4
