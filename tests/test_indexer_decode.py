@@ -6,10 +6,12 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from coca.preprocess import Preprocess, PreprocessConfig
 from indexer.decode import DecodeConfig, decode_all, decode_image, decode_or_error
 from tests.indexer_support import (
     BLUE,
@@ -114,3 +116,48 @@ def test_decode_draft_mode_matches_full_decode(tmp_path: Path) -> None:
     full = decode_image(path, DecodeConfig(image_size=224, use_draft=False)).pixels.float()
     assert time.perf_counter() - start < 5
     assert (drafted - full).abs().mean() < 3.0
+
+
+def _photo_like_rotated_jpeg(path: Path) -> None:
+    """1024x768 with detail and grain, stored sideways: EXIF orientation 6 (turn 90 degrees
+    clockwise to view), so the upright photo is 768 wide, 1024 high, red on its right half."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:768, 0:1024].astype(np.float32)
+    pixels = np.zeros((768, 1024, 3), np.float32)
+    pixels[..., 0] = np.where(y < 384, 230.0, 30.0)  # stored top half red
+    pixels[..., 2] = np.where(y < 384, 30.0, 230.0)
+    pixels[..., 1] = 128 + 100 * np.sin(x / 37.0) * np.cos(y / 23.0)
+    pixels += rng.normal(0.0, 6.0, pixels.shape)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90, exif=exif)
+
+
+def test_decode_draft_of_rotated_photo_matches_full_decode_as_model_input(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    _photo_like_rotated_jpeg(path)
+    preprocess = Preprocess(PreprocessConfig(image_size=224))
+    seen: list[tuple[int, int]] = []
+
+    def prepare(image: Image.Image) -> Image.Image:
+        seen.append(image.size)
+        return preprocess.resize_for_model(image)
+
+    drafted = decode_image(path, DecodeConfig(image_size=224), prepare)
+    full = decode_image(path, DecodeConfig(image_size=224, use_draft=False), prepare)
+    # Draft decoded at half scale (the shorter side stays >= 224), then oriented upright.
+    assert seen == [(384, 512), (768, 1024)]
+    assert (drafted.width, drafted.height) == (full.width, full.height) == (768, 1024)
+    red, blue = drafted.pixels[[0, 2]].int()  # (224, 224) each; green carries the pattern
+    assert red[60, 200] > 180 and blue[60, 200] < 80  # the right half is red
+    assert red[60, 20] < 80 and blue[60, 20] > 180  # the left half is blue
+    # What the model sees (normalised, about unit variance) barely changes.
+    drafted_input = preprocess.batch(drafted.pixels[None])  # (1, 3, 224, 224)
+    full_input = preprocess.batch(full.pixels[None])
+    difference = (drafted_input - full_input).abs()
+    assert difference.mean() < 0.02
+    assert torch.quantile(difference.flatten(), 0.99) < 0.1
+    similarity = torch.nn.functional.cosine_similarity(
+        drafted_input.flatten(), full_input.flatten(), dim=0
+    )
+    assert similarity > 0.999

@@ -90,3 +90,17 @@ def test_encode_device_choice() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_encode_bf16_weights_take_bf16_inputs_and_report_times(tmp_path: Path) -> None:
+    bundle = save_tiny_bundle(tmp_path / "bundle")
+    images = _images(3, 32, seed=2)
+    config = EncodeConfig(decoding=fast_decoding())
+    full = BatchEncoder(coca.load(bundle), config).encode(images)
+    half = BatchEncoder(coca.load(bundle, dtype=torch.bfloat16), config).encode(images)
+    assert half.embeddings.dtype == np.float32 and half.embeddings.shape == full.embeddings.shape
+    similarity = (half.embeddings * full.embeddings).sum(axis=1)  # both L2-normalised
+    assert similarity.min() > 0.98
+    assert half.captions is not None and len(half.captions) == 3
+    # On a CPU the device time is the wall time; on CUDA it comes from events around the model.
+    assert half.device_seconds == half.gpu_seconds > 0

@@ -107,3 +107,25 @@ def test_scan_rescan_of_many_unchanged_files_is_fast(tmp_path: Path) -> None:
     diff = diff_library(tmp_path, walk_images(tmp_path), known)
     assert len(diff.unchanged) == 2_000
     assert time.perf_counter() - start < 2.0
+
+
+def test_scan_hashes_new_and_changed_files_in_parallel_like_serially(tmp_path: Path) -> None:
+    write_library(tmp_path, 30)
+    files = list(walk_images(tmp_path))
+    known = _known(tmp_path, files[:10])
+    changed = tmp_path / files[0].relative_path
+    changed.write_bytes(changed.read_bytes() + b"edited")
+    unreadable = files[-1].relative_path
+
+    def hasher(path: Path) -> str:
+        if path.name == Path(unreadable).name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return content_hash(path)
+
+    serial = diff_library(tmp_path, walk_images(tmp_path), known, hasher=hasher, workers=1)
+    parallel = diff_library(tmp_path, walk_images(tmp_path), known, hasher=hasher, workers=4)
+    assert parallel.hashes == serial.hashes
+    assert len(parallel.hashes) == 20  # 19 new (one unreadable) + 1 changed
+    assert unreadable not in parallel.hashes
+    assert files[0].relative_path in parallel.hashes
+    assert [f.relative_path for f in parallel.new] == [f.relative_path for f in serial.new]
