@@ -51,7 +51,13 @@ import storage  # noqa: E402
 from coca.generate import DecodingConfig  # noqa: E402
 from indexer.decode import BACKENDS, DecodeConfig, decode_all  # noqa: E402
 from indexer.encode import EncodeConfig, default_cpu_threads, resolve_device  # noqa: E402
-from indexer.pipeline import IndexConfig, IndexSummary, register_model, run_index  # noqa: E402
+from indexer.pipeline import (  # noqa: E402
+    IndexConfig,
+    IndexProgress,
+    IndexSummary,
+    register_model,
+    run_index,
+)
 from indexer.scan import walk_images  # noqa: E402
 from search_app.search import DataLayout  # noqa: E402
 
@@ -163,7 +169,7 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     )
     if args.warmup:
         warm(model, config)
-    summary = run_index(config, model, catalog)
+    summary = run_index(config, model, catalog, progress_printer())
     decode_only = decode_throughput(photos, config, model, args.decode_only_count)
     return {
         "benchmark": "index_throughput",
@@ -190,6 +196,25 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         "decode_only_images_per_second": decode_only,
         "write_files_seconds": round(write_seconds, 2),
     }
+
+
+def progress_printer(every_s: float = 5.0):  # noqa: ANN201 - indexer.pipeline.ProgressCallback
+    """Progress on stderr every few seconds, so a run cut short by `timeout` still says how far
+    it got and how fast."""
+    last = [time.perf_counter()]
+
+    def report(progress: IndexProgress) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every_s or progress.done == progress.total:
+            last[0] = now
+            print(
+                f"progress {progress.done}/{progress.total} images, "
+                f"{progress.images_per_second:.1f} images/s, {progress.errors} errors",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return report
 
 
 def time_split(summary: IndexSummary) -> dict[str, float]:
