@@ -22,8 +22,10 @@ import logging
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from coca import cpu_step
 from coca.decoder import MultimodalDecoder, check_rows
 from coca.fused_step import StepFunction
 from coca.layers import CrossBlock, attention_bias
@@ -74,6 +76,10 @@ class CachedDecoder:
         self._rows_per_image: int | None = 1  # rows grouped by image, or None -> gather per row
         self._row_image_device = self._row_image.to(device)
         self._graphs = _GraphCache(enabled=cuda_graphs and device.type == "cuda")
+        # float32 on the CPU: one-token steps through coca.cpu_step (transposed weights, fewer ops).
+        lean = step_function is None and cpu_step.supports(decoder, device)
+        self._host = cpu_step.host_weights(text, decoder) if lean else None
+        self.runs_on_host = self._host is not None  # read by coca.sampling.sample
 
     def _alloc(self, blocks: nn.ModuleList, rows: int, device: torch.device) -> torch.Tensor:
         """Keys and values of every layer in one buffer (2, Lyr, B, H, T_max, Dh). Zeroed: the
@@ -97,7 +103,9 @@ class CachedDecoder:
         if rows == 0:  # every row was dropped; keep the protocol's shapes
             self.length += n
             return tokens.new_zeros((0, self.decoder.text_projection.shape[1]), dtype=self._dtype)
-        if n == 1:
+        if n == 1 and self._host is not None:
+            logits = self._step_one_host(tokens)
+        elif n == 1:
             key = (rows, self._rows_per_image)
             logits = self._graphs.run(key, self._step_one, tokens)
         else:
@@ -179,6 +187,34 @@ class CachedDecoder:
         self._last_token[:rows].copy_(tokens[:, -1])
         pos.add_(1)
         return logits
+
+    def _step_one_host(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One token per row on the CPU (coca.cpu_step): Python-int slot, filled prefix only."""
+        rows, slot, w = tokens.shape[0], self.length, self._host
+        ids = tokens[:, 0]  # (B,)
+        key_valid = self._key_valid[:rows]
+        if slot:  # open_clip's shifted pad mask: valid unless the previous token was pad
+            torch.ne(self._last_token[:rows], self.text.pad_id, out=key_valid[:, slot])
+        else:
+            key_valid[:, 0] = True
+        bias = None
+        if not bool(key_valid[:, : slot + 1].all()):  # a pad in some prefix (rare)
+            heads = w.text_blocks[0].heads
+            bias = attention_bias(key_valid[:, : slot + 1], heads, torch.float32)  # (B*H, 1, S)
+        x = F.embedding(ids, w.token_embedding) + w.positional_embedding[slot]  # (B, D)
+        for i, block in enumerate(w.text_blocks):
+            x = cpu_step.self_attend(x, block, self._text_kv[:, i, :rows], slot, bias)
+        pairs = zip(w.self_blocks, w.cross_blocks, strict=True)
+        for i, (self_block, cross_block) in enumerate(pairs):
+            x = cpu_step.self_attend(x, self_block, self._dec_kv[:, i, :rows], slot, None)
+            k, v = self._cross_kv[i]
+            rows_per_image = self._rows_per_image
+            if rows_per_image is None:  # rows out of image order: a copy of K/V per row (rare)
+                idx = self._row_image_device
+                k, v, rows_per_image = k[idx], v[idx], 1
+            x = cpu_step.cross_attend(x, cross_block, k, v, rows_per_image)
+        self._last_token[:rows].copy_(ids)
+        return cpu_step.logits(x, w)
 
     def _step_one_fused(self, tokens: torch.Tensor) -> torch.Tensor:
         """_step_one through the pure step function: it reads the caches, and the new keys and

@@ -81,10 +81,7 @@ def choose_tokens(
 ) -> torch.Tensor:
     """Next token per row: logits (R, V), previous tokens (R, T) -> (R,) long."""
     scores = process_scores(logits.float(), previous, config, special)
-    greedy = config.generation_type == "greedy" or (
-        config.generation_type == "top_k" and config.top_k == 1
-    )
-    if greedy:
+    if _is_greedy(config):
         return scores.argmax(dim=-1)
     if config.generation_type == "top_k":
         scores = keep_top_k(scores, config.top_k)
@@ -92,6 +89,12 @@ def choose_tokens(
         scores = keep_top_p(scores, config.top_p)
     probs = (scores / config.temperature).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _is_greedy(config: DecodingConfig) -> bool:
+    """Argmax decoding: generation_type greedy, or the seed's top_k with k = 1."""
+    kind = config.generation_type
+    return kind == "greedy" or (kind == "top_k" and config.top_k == 1)
 
 
 class LaggedSnapshot:
@@ -172,6 +175,10 @@ def sample(
     done = (prompt[:, -1] == special.eos) | (prompt[:, -1] == special.pad)
     length = out_len.clone()
     snapshot = LaggedSnapshot(batch, prompt.device)
+    # A decoder that computes on the host (coca.incremental.CachedDecoder on the CPU) has no
+    # device queue to keep busy: reading the flags at once saves the lag's extra step. Greedy
+    # only: sampling would drop rows a step earlier and so draw a different random stream.
+    on_host = bool(getattr(decoder, "runs_on_host", False)) and _is_greedy(config)
 
     logits = decoder.step(prompt)  # (B, V)
     for t in range(prompt_len, seq_len):
@@ -187,12 +194,15 @@ def sample(
             done = done | stopped_rows(stopping_criteria, seqs[:, : t + 1])
         if t == seq_len - 1:
             break
-        finished_before = snapshot.take()  # as of step t - 1, without waiting for step t
-        snapshot.put(done)
-        if finished_before is not None:
-            if finished_before.all():
-                break  # so step t produced only padding
-            keep = rows_to_keep(finished_before)
+        if on_host:  # the flags are host memory already: read this step's, no extra step
+            finished = done.numpy()
+        else:
+            finished = snapshot.take()  # as of step t - 1, without waiting for step t
+            snapshot.put(done)
+        if finished is not None:
+            if finished.all():
+                break  # every row is finished (lagged: step t produced only padding)
+            keep = rows_to_keep(finished)
             if keep is not None:
                 out[rows], out_len[rows] = seqs, length
                 kept_cpu = torch.from_numpy(keep)  # a CPU index lets the decoder skip a sync
