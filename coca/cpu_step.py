@@ -107,6 +107,7 @@ def _transposed(weight: torch.Tensor) -> torch.Tensor:
 
 
 _SCRATCH = threading.local()
+_ZERO = torch.zeros(())  # read-only placeholder for baddbmm(beta=0)
 
 
 def _matmul(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -167,26 +168,45 @@ def _mlp_residual(x: torch.Tensor, w: BlockWeights) -> torch.Tensor:
     return x + _matmul(w.proj_bias, h, w.proj)
 
 
+@dataclass(frozen=True)
+class LayerCache:
+    """Views of one layer's slice of CachedDecoder's (2, Lyr, B, H, T_max, Dh) cache, made once
+    per batch shape instead of at every step."""
+
+    kv: torch.Tensor  # (2, B, H, T_max, Dh): a new token's key and value are written here
+    keys: torch.Tensor  # (B*H, T_max, Dh), the same memory
+    values: torch.Tensor  # (B*H, T_max, Dh)
+
+
+def layer_caches(buffer: torch.Tensor, rows: int) -> tuple[LayerCache, ...]:
+    """Per-layer views of the first `rows` rows of a (2, Lyr, B_alloc, H, T_max, Dh) buffer."""
+    caches = []
+    for layer in range(buffer.shape[1]):
+        kv = buffer[:, layer, :rows]
+        _, b, h, t, dh = kv.shape
+        caches.append(LayerCache(kv, kv[0].view(b * h, t, dh), kv[1].view(b * h, t, dh)))
+    return tuple(caches)
+
+
 def self_attend(
     x: torch.Tensor,
     w: BlockWeights,
-    kv_cache: torch.Tensor,
+    cache: LayerCache,
     slot: int,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """One token per row through a self-attention block: x (B, D) -> (B, D).
 
-    kv_cache (2, B, H, T_max, Dh): the token's key/value are written at `slot`, then slots
-    0..slot are attended; bias None (all valid) or additive (B*H, 1, slot + 1).
+    The token's key/value are written at `slot`, then slots 0..slot are attended; bias None (all
+    valid) or additive (B*H, 1, slot + 1).
     """
     b, d = x.shape
     h, dh = w.heads, d // w.heads
     qkv = _matmul(w.in_bias, _norm(x, w.ln_1), w.in_proj)  # (B, 3D)
-    kv_cache[:, :, :, slot].copy_(qkv[:, d:].view(b, 2, h, dh).transpose(0, 1))
+    cache.kv[:, :, :, slot].copy_(qkv[:, d:].view(b, 2, h, dh).transpose(0, 1))
     q = qkv[:, :d].reshape(b * h, 1, dh)  # (B*H, 1, Dh)
-    keys = kv_cache[0, :, :, : slot + 1].reshape(b * h, slot + 1, dh)  # (B*H, S, Dh), a view
-    values = kv_cache[1, :, :, : slot + 1].reshape(b * h, slot + 1, dh)
-    out = _attend(q, keys, values, bias, dh**-0.5)  # (B*H, 1, Dh)
+    end = slot + 1
+    out = _attend(q, cache.keys[:, :end], cache.values[:, :end], bias, dh**-0.5)  # (B*H, 1, Dh)
     x = x + _matmul(w.out_bias, out.view(b, d), w.out_proj)
     return _mlp_residual(x, w)
 
@@ -213,10 +233,10 @@ def _attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v for q (G, Tq, Dh), k, v (G, S, Dh) -> (G, Tq, Dh)."""
-    if bias is None:
-        scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # (G, Tq, S)
-    else:
-        scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
+    # beta=0: the bias-free case ignores _ZERO's value (one kernel instead of bmm + mul_).
+    beta = 0.0 if bias is None else 1.0
+    bias = _ZERO if bias is None else bias
+    scores = torch.baddbmm(bias, q, k.transpose(1, 2), beta=beta, alpha=scale)  # (G, Tq, S)
     return torch.bmm(scores.softmax(dim=-1), v)
 
 

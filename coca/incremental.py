@@ -80,6 +80,7 @@ class CachedDecoder:
         lean = step_function is None and cpu_step.supports(decoder, device)
         self._host = cpu_step.host_weights(text, decoder) if lean else None
         self.runs_on_host = self._host is not None  # read by coca.sampling.sample
+        self._host_views: tuple | None = None  # (rows, text buffer, per-layer views)
 
     def _alloc(self, blocks: nn.ModuleList, rows: int, device: torch.device) -> torch.Tensor:
         """Keys and values of every layer in one buffer (2, Lyr, B, H, T_max, Dh). Zeroed: the
@@ -202,11 +203,12 @@ class CachedDecoder:
             heads = w.text_blocks[0].heads
             bias = attention_bias(key_valid[:, : slot + 1], heads, torch.float32)  # (B*H, 1, S)
         x = F.embedding(ids, w.token_embedding) + w.positional_embedding[slot]  # (B, D)
-        for i, block in enumerate(w.text_blocks):
-            x = cpu_step.self_attend(x, block, self._text_kv[:, i, :rows], slot, bias)
-        pairs = zip(w.self_blocks, w.cross_blocks, strict=True)
-        for i, (self_block, cross_block) in enumerate(pairs):
-            x = cpu_step.self_attend(x, self_block, self._dec_kv[:, i, :rows], slot, None)
+        text_caches, dec_caches = self._host_caches(rows)
+        for block, cache in zip(w.text_blocks, text_caches, strict=True):
+            x = cpu_step.self_attend(x, block, cache, slot, bias)
+        pairs = zip(w.self_blocks, w.cross_blocks, dec_caches, strict=True)
+        for i, (self_block, cross_block, cache) in enumerate(pairs):
+            x = cpu_step.self_attend(x, self_block, cache, slot, None)
             k, v = self._cross_kv[i]
             rows_per_image = self._rows_per_image
             if rows_per_image is None:  # rows out of image order: a copy of K/V per row (rare)
@@ -215,6 +217,17 @@ class CachedDecoder:
             x = cpu_step.cross_attend(x, cross_block, k, v, rows_per_image)
         self._last_token[:rows].copy_(ids)
         return cpu_step.logits(x, w)
+
+    def _host_caches(self, rows: int) -> tuple[tuple[cpu_step.LayerCache, ...], ...]:
+        """Per-layer cache views for `rows` rows, rebuilt when the rows or the buffers change."""
+        made = self._host_views
+        if made is None or made[0] != rows or made[1] is not self._text_kv:
+            views = (
+                cpu_step.layer_caches(self._text_kv, rows),
+                cpu_step.layer_caches(self._dec_kv, rows),
+            )
+            made = self._host_views = (rows, self._text_kv, views)
+        return made[2]
 
     def _step_one_fused(self, tokens: torch.Tensor) -> torch.Tensor:
         """_step_one through the pure step function: it reads the caches, and the new keys and
