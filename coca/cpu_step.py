@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -243,3 +244,28 @@ def _attend(
 def logits(x: torch.Tensor, w: HostWeights) -> torch.Tensor:
     """(B, D) -> (B, V)."""
     return _norm(x, w.ln_final) @ w.text_projection
+
+
+def one_token_logits(
+    w: HostWeights,
+    ids: torch.Tensor,
+    slot: int,
+    text_bias: torch.Tensor | None,
+    text_caches: Sequence[LayerCache],
+    dec_caches: Sequence[LayerCache],
+    cross_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    rows_per_image: int,
+) -> torch.Tensor:
+    """Next-token logits (B, V) for token ids (B,) at position `slot`; writes their keys/values.
+
+    text_bias: None or the text tower's pad mask (B*H, 1, slot + 1); cross_kv per decoder layer
+    (I, H, N, Dh) keys and values, rows_per_image consecutive rows per image.
+    """
+    x = F.embedding(ids, w.token_embedding) + w.positional_embedding[slot]  # (B, D)
+    for block, cache in zip(w.text_blocks, text_caches, strict=True):
+        x = self_attend(x, block, cache, slot, text_bias)
+    layers = zip(w.self_blocks, w.cross_blocks, dec_caches, cross_kv, strict=True)
+    for self_block, cross_block, cache, (keys, values) in layers:
+        x = self_attend(x, self_block, cache, slot, None)
+        x = cross_attend(x, cross_block, keys, values, rows_per_image)
+    return logits(x, w)
