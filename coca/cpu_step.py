@@ -117,8 +117,9 @@ def _matmul(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.
     if weight.dtype == torch.float16:
         buffers = _SCRATCH.__dict__.setdefault("buffers", {})
         buf = buffers.get(weight.shape)
-        if buf is None:
-            buf = buffers[weight.shape] = torch.empty(weight.shape)
+        if buf is None:  # a normal tensor even under inference_mode, so later calls may write it
+            with torch.inference_mode(False):
+                buf = buffers[weight.shape] = torch.empty(weight.shape)
         weight = buf.copy_(weight)
     return torch.addmm(bias, x, weight)
 

@@ -137,3 +137,22 @@ def test_weights_are_stored_half_only_when_that_is_exact() -> None:
         cpu_step._matmul(bias, x, cpu_step._transposed(exact)),
         torch.addmm(bias, x, exact.t().contiguous()),  # widening float16 is exact
     )
+
+
+def test_cpu_step_runs_under_inference_mode_then_no_grad() -> None:
+    """Per-thread scratch buffers made under inference_mode must stay writable afterwards."""
+    from coca.config import get_config
+    from coca.model import CoCa
+
+    torch.manual_seed(3)
+    model = CoCa(get_config("coca_tiny")).half().float().eval()  # float16-exact, as bundles
+    packed = cpu_step.host_weights(model.text, model.text_decoder)
+    assert packed.text_blocks[0].fc.dtype == torch.float16  # so products use the scratch buffers
+    cpu_step._SCRATCH.__dict__.clear()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    kwargs = {"generation_type": "greedy", "seq_len": 8, "min_seq_len": 2}
+    with torch.inference_mode():
+        first = model.generate(pixels, **kwargs)
+    with torch.no_grad():
+        again = model.generate(pixels, **kwargs)
+    assert torch.equal(first, again)
