@@ -428,7 +428,11 @@ def parity(args: argparse.Namespace, model: Any, images: torch.Tensor, res: dict
     return out
 
 
-def bench_model(args: argparse.Namespace, name: str, work: Path) -> dict[str, Any]:
+def bench_model(
+    args: argparse.Namespace, name: str, work: Path, save: Callable[[dict], None] = lambda r: None
+) -> dict[str, Any]:
+    """Reference, then ours in each variant; `save(partial results)` after every stage, so a
+    run stopped by a time limit keeps what it measured."""
     from coca.config import get_config
 
     size = get_config(name).vision.image_size
@@ -444,20 +448,27 @@ def bench_model(args: argparse.Namespace, name: str, work: Path) -> dict[str, An
     logger.info("%s: ours fp32 and bf16 autocast", name)
     model = load_ours(args, name, work / "open_clip_folder", torch.float32)
     res: dict[str, Any] = {"reference": ref, "shared_weights": "error" not in ref}
+    save(res)
     res.update(run_ours(args, model, images, "fp32_"))
+    save(res)
     if not args.no_autocast:
         with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16):
             res.update(run_ours(args, model, images, "autocast_"))
+            save(res)
     res.update(parity(args, model, images, res, work))
+    save(res)
     if args.compile_step:
         res.update(run_compiled(args, model, images, "fp32c_", res.get("fp32_greedy_ids")))
+        save(res)
     del model
     logger.info("%s: ours bf16 weights", name)
     model = load_ours(args, name, work / "open_clip_folder", torch.bfloat16)
     res.update(run_ours(args, model, images.to(torch.bfloat16), "bf16_"))
+    save(res)
     if args.compile_step:
         bf16_ids = res.get("bf16_greedy_ids")
         res.update(run_compiled(args, model, images.to(torch.bfloat16), "bf16c_", bf16_ids))
+        save(res)
     return {k: v for k, v in res.items() if not k.endswith("_ids")}
 
 
@@ -599,11 +610,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
             try:
-                results[name] = bench_model(args, name, Path(tmp))
+
+                def save(partial: dict, name: str = name) -> None:
+                    results[name] = {k: v for k, v in partial.items() if not k.endswith("_ids")}
+                    write_results(args, meta, results)
+
+                results[name] = bench_model(args, name, Path(tmp), save)
             except Exception:
                 results[name] = {"error": traceback.format_exc()}
                 logger.error("%s failed:\n%s", name, results[name]["error"])
-        write_results(args, meta, results)  # after each model: a run cut short keeps its part
+        write_results(args, meta, results)
+    print((args.out / "bench_generate.md").read_text(), flush=True)
     failed = [k for k, v in results.items() if any(key.endswith("error") for key in v)]
     return 1 if failed else 0
 
@@ -614,9 +631,14 @@ def write_results(args: argparse.Namespace, meta: dict[str, Any], results: dict[
     (args.out / "bench_generate.json").write_text(
         json.dumps({**summary, "results": results}, indent=2)
     )
-    report = markdown(args, ok, meta) if ok else "# Generation benchmark\n\nevery model failed\n"
+    try:
+        report = (
+            markdown(args, ok, meta) if ok else "# Generation benchmark\n\nevery model failed\n"
+        )
+    except Exception:  # a partial result the table cannot show yet: the JSON has it
+        logger.warning("no markdown for partial results:\n%s", traceback.format_exc())
+        return
     (args.out / "bench_generate.md").write_text(report)
-    print(report, flush=True)
 
 
 if __name__ == "__main__":
