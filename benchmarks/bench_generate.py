@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time ours with the torch.compile'd one-token step (fp32 and bf16 weights)",
     )
     p.add_argument("--no-autocast", action="store_true", help="skip ours under bf16 autocast")
+    p.add_argument("--bf16-only", action="store_true", help="skip ours in fp32 (and autocast)")
     p.add_argument("--reference-job", type=Path, help=argparse.SUPPRESS)  # child process mode
     args = p.parse_args(argv)
     if args.tiny:
@@ -445,10 +446,32 @@ def bench_model(
     else:
         ref = reference_in_subprocess(args, name, work)
     images = images.to(args.device)
-    logger.info("%s: ours fp32 and bf16 autocast", name)
-    model = load_ours(args, name, work / "open_clip_folder", torch.float32)
     res: dict[str, Any] = {"reference": ref, "shared_weights": "error" not in ref}
     save(res)
+    if not args.bf16_only:
+        bench_fp32(args, name, work, images, res, save)
+    logger.info("%s: ours bf16 weights", name)
+    model = load_ours(args, name, work / "open_clip_folder", torch.bfloat16)
+    res.update(run_ours(args, model, images.to(torch.bfloat16), "bf16_"))
+    save(res)
+    if args.compile_step:
+        bf16_ids = res.get("bf16_greedy_ids")
+        res.update(run_compiled(args, model, images.to(torch.bfloat16), "bf16c_", bf16_ids))
+        save(res)
+    return {k: v for k, v in res.items() if not k.endswith("_ids")}
+
+
+def bench_fp32(
+    args: argparse.Namespace,
+    name: str,
+    work: Path,
+    images: torch.Tensor,
+    res: dict[str, Any],
+    save: Callable[[dict], None],
+) -> None:
+    """Ours with fp32 weights: plain, under bf16 autocast, compiled; token parity checks."""
+    logger.info("%s: ours fp32", name)
+    model = load_ours(args, name, work / "open_clip_folder", torch.float32)
     res.update(run_ours(args, model, images, "fp32_"))
     save(res)
     if not args.no_autocast:
@@ -460,16 +483,6 @@ def bench_model(
     if args.compile_step:
         res.update(run_compiled(args, model, images, "fp32c_", res.get("fp32_greedy_ids")))
         save(res)
-    del model
-    logger.info("%s: ours bf16 weights", name)
-    model = load_ours(args, name, work / "open_clip_folder", torch.bfloat16)
-    res.update(run_ours(args, model, images.to(torch.bfloat16), "bf16_"))
-    save(res)
-    if args.compile_step:
-        bf16_ids = res.get("bf16_greedy_ids")
-        res.update(run_compiled(args, model, images.to(torch.bfloat16), "bf16c_", bf16_ids))
-        save(res)
-    return {k: v for k, v in res.items() if not k.endswith("_ids")}
 
 
 # Columns of ours: result-key prefix -> label.
