@@ -7,23 +7,9 @@ import pytest
 import torch
 
 from coca import cpu_step
-from coca.generate import DecodingConfig, SpecialTokens, decode
+from coca.generate import DecodingConfig, decode
 from coca.incremental import CachedDecoder
-from tests.test_generate import EosWhenLogitsSay
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> object:
-    from coca.config import get_config
-    from coca.model import CoCa
-
-    torch.manual_seed(0)
-    return CoCa(get_config("coca_tiny")).eval()
-
-
-def special_tokens(model) -> SpecialTokens:
-    cfg = model.config
-    return SpecialTokens(sot=cfg.sot_token_id, eos=cfg.eot_token_id, pad=cfg.pad_token_id)
+from tests.test_generate import EosWhenLogitsSay, special_tokens
 
 
 class HostEos(EosWhenLogitsSay):

@@ -7,27 +7,16 @@ import pytest
 import torch
 
 from coca.fused_step import compiled_one_token_step, one_token_step
-from coca.generate import DecodingConfig, SpecialTokens, decode
+from coca.generate import DecodingConfig, decode
 from coca.incremental import CachedDecoder
-from tests.test_generate import EosWhenLogitsSay
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> object:
-    from coca.config import get_config
-    from coca.model import CoCa
-
-    torch.manual_seed(0)
-    return CoCa(get_config("coca_tiny")).eval()
-
-
-def special_tokens(model) -> SpecialTokens:
-    cfg = model.config
-    return SpecialTokens(sot=cfg.sot_token_id, eos=cfg.eot_token_id, pad=cfg.pad_token_id)
+from tests.test_generate import EosWhenLogitsSay, special_tokens
 
 
 def decoder_with(model, tokens: torch.Tensor, max_len: int, step) -> CachedDecoder:
-    return CachedDecoder(model.text, model.text_decoder, tokens, max_len, False, step)
+    decoder = CachedDecoder(model.text, model.text_decoder, tokens, max_len, False, step)
+    if step is None:  # the fixed-shape in-place step, not the CPU's lean step (coca.cpu_step)
+        decoder._host, decoder.runs_on_host = None, False
+    return decoder
 
 
 def test_fused_step_logits_match_the_in_place_step(tiny_model) -> None:

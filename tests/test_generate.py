@@ -551,13 +551,9 @@ class EosWhenLogitsSay:
         self.decoder.reorder(rows)
 
 
-@pytest.fixture(scope="module")
-def tiny_model() -> object:
-    from coca.config import get_config
-    from coca.model import CoCa
-
-    torch.manual_seed(0)
-    return CoCa(get_config("coca_tiny")).eval()
+def special_tokens(model) -> SpecialTokens:
+    cfg = model.config
+    return SpecialTokens(sot=cfg.sot_token_id, eos=cfg.eot_token_id, pad=cfg.pad_token_id)
 
 
 @pytest.mark.parametrize("generation_type", ["greedy", "beam_search"])
