@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from coca.decoder import MultimodalDecoder
-from coca.layers import ResidualBlock
+from coca.layers import ResidualBlock, attention_bias
 from coca.text import TextTransformer
 
 StepOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -50,8 +50,9 @@ def one_token_step(
     cache_dtype = text_kv.dtype
     slots = torch.arange(text_kv.shape[4], device=tokens.device)
     filled = torch.cat([slots < position, slots.new_ones(1, dtype=torch.bool)])  # (T + 1,)
-    text_bias = _additive_bias(text_valid & filled, cache_dtype)  # (B, 1, T + 1)
-    dec_bias = _additive_bias(filled.view(1, -1), cache_dtype)  # (1, 1, T + 1)
+    # One head's worth of bias, (B, 1, T + 1): it broadcasts over the heads' scores.
+    text_bias = attention_bias(text_valid & filled, 1, cache_dtype)  # (B, 1, T + 1)
+    dec_bias = attention_bias(filled.view(1, -1), 1, cache_dtype)  # (1, 1, T + 1)
     emb = text.token_embedding(tokens).to(text.positional_embedding.dtype)  # (B, 1, D)
     x = emb + text.positional_embedding.index_select(0, position)
     new_text = []
@@ -67,12 +68,6 @@ def one_token_step(
         x = cross_block.forward_with_kv(x, k, v, rows_per_image, few_queries=True)
     logits = decoder.logits(x[:, -1])  # (B, V)
     return logits, torch.stack(new_text, 1).unsqueeze(4), torch.stack(new_dec, 1).unsqueeze(4)
-
-
-def _additive_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, S) bool -> (B, 1, S): 0 where valid, -inf elsewhere (broadcast over heads)."""
-    zeros = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
-    return zeros.masked_fill(~valid, -float("inf")).unsqueeze(1)
 
 
 def _self_attend(

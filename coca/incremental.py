@@ -28,7 +28,7 @@ from torch import nn
 from coca import cpu_step
 from coca.decoder import MultimodalDecoder, check_rows
 from coca.fused_step import StepFunction
-from coca.layers import CrossBlock, attention_bias
+from coca.layers import attention_bias
 from coca.text import TextTransformer, causal_mask, legacy_key_mask
 
 logger = logging.getLogger(__name__)
@@ -173,9 +173,7 @@ class CachedDecoder:
             return self._step_one_fused(tokens)
         rows = tokens.shape[0]
         pos = self._position  # (1,)
-        # open_clip's shifted pad mask: this slot is valid unless the previous token was pad.
-        valid = (self._last_token[:rows] != self.text.pad_id) | (pos == 0)  # (B,)
-        self._key_valid[:rows].index_copy_(1, pos, valid.unsqueeze(1))
+        self._mark_slot(rows)
         filled = self._slots <= pos  # (T_max,)
         # Additive biases, built once per step and shared by every layer.
         heads = self.text.transformer.resblocks[0].attn.heads
@@ -188,6 +186,22 @@ class CachedDecoder:
         self._last_token[:rows].copy_(tokens[:, -1])
         pos.add_(1)
         return logits
+
+    def _mark_slot(self, rows: int) -> torch.Tensor:
+        """Record (device-side, no sync) whether the slot at the current position is valid:
+        open_clip's shifted pad mask, valid unless the previous token was pad. Returns (B,)."""
+        pos = self._position  # (1,)
+        valid = (self._last_token[:rows] != self.text.pad_id) | (pos == 0)  # (B,)
+        self._key_valid[:rows].index_copy_(1, pos, valid.unsqueeze(1))
+        return valid
+
+    def _cross_kv_by_row(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+        """Each decoder layer's cross K/V and the rows per image they serve: the per-image
+        K/V when rows run in equal groups per image, else a copy gathered per row (rare)."""
+        if self._rows_per_image is not None:
+            return self._cross_kv, self._rows_per_image
+        idx = self._row_image_device
+        return [(k[idx], v[idx]) for k, v in self._cross_kv], 1
 
     def _step_one_host(self, tokens: torch.Tensor) -> torch.Tensor:
         """One token per row on the CPU (coca.cpu_step): Python-int slot, filled prefix only."""
@@ -202,10 +216,7 @@ class CachedDecoder:
         if not bool(key_valid[:, : slot + 1].all()):  # a pad in some prefix (rare)
             heads = w.text_blocks[0].heads
             bias = attention_bias(key_valid[:, : slot + 1], heads, torch.float32)  # (B*H, 1, S)
-        rows_per_image, cross_kv = self._rows_per_image, self._cross_kv
-        if rows_per_image is None:  # rows out of image order: a copy of K/V per row (rare)
-            idx = self._row_image_device
-            cross_kv, rows_per_image = [(k[idx], v[idx]) for k, v in cross_kv], 1
+        cross_kv, rows_per_image = self._cross_kv_by_row()
         text_caches, dec_caches = self._host_caches(rows)
         logits = cpu_step.one_token_logits(
             w, ids, slot, bias, text_caches, dec_caches, cross_kv, rows_per_image
@@ -229,14 +240,10 @@ class CachedDecoder:
         values of every layer are written afterwards with one index_copy_ per cache."""
         rows = tokens.shape[0]
         pos = self._position  # (1,)
-        valid = (self._last_token[:rows] != self.text.pad_id) | (pos == 0)  # (B,)
-        self._key_valid[:rows].index_copy_(1, pos, valid.unsqueeze(1))
+        valid = self._mark_slot(rows)  # (B,)
         text_valid = torch.cat([self._key_valid[:rows], valid.unsqueeze(1)], dim=1)  # (B, T+1)
         text_kv, dec_kv = self._text_kv[:, :, :rows], self._dec_kv[:, :, :rows]
-        cross_kv, rows_per_image = self._cross_kv, self._rows_per_image
-        if rows_per_image is None:  # rows out of image order: a copy of K/V per row (rare)
-            idx = self._row_image_device
-            cross_kv, rows_per_image = [(k[idx], v[idx]) for k, v in cross_kv], 1
+        cross_kv, rows_per_image = self._cross_kv_by_row()
         logits, new_text, new_dec = self._fused_step(
             self.text,
             self.decoder,
@@ -267,20 +274,12 @@ class CachedDecoder:
         few = not isinstance(position, int)
         for i, block in enumerate(self.text.transformer.resblocks):
             x = block.forward_cached(x, self._text_kv[:, i, :rows], position, text_mask)
-        pairs = zip(self.decoder.resblocks, self.decoder.cross_attn, strict=True)
-        for i, (self_block, cross_block) in enumerate(pairs):
+        cross_kv, rows_per_image = self._cross_kv_by_row()
+        layers = zip(self.decoder.resblocks, self.decoder.cross_attn, cross_kv, strict=True)
+        for i, (self_block, cross_block, (k, v)) in enumerate(layers):
             x = self_block.forward_cached(x, self._dec_kv[:, i, :rows], position, dec_mask)
-            x = self._cross_attend(cross_block, x, i, few)
+            x = cross_block.forward_with_kv(x, k, v, rows_per_image, few)
         return self.decoder.logits(x[:, -1])  # (B, V)
-
-    def _cross_attend(
-        self, block: CrossBlock, x: torch.Tensor, layer: int, few: bool
-    ) -> torch.Tensor:
-        k, v = self._cross_kv[layer]
-        if self._rows_per_image is not None:
-            return block.forward_with_kv(x, k, v, self._rows_per_image, few)
-        idx = self._row_image_device  # rows out of image order: gather a copy per row (rare)
-        return block.forward_with_kv(x, k[idx], v[idx], 1, few)
 
     # --- reorder helpers --------------------------------------------------------------------
     def _gather_into_new(self, buffer: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
