@@ -53,7 +53,7 @@ _ORIENTATION_TRANSPOSES = {
 BACKENDS = ("auto", "threads", "processes")
 # From this many decode workers up, "auto" uses processes: the Python part of each decode (open,
 # EXIF, array copies) holds the GIL, and the model and commit threads need it too, so threads stop
-# scaling after a few cores; a process costs a one-off start (a forkserver importing torch).
+# scaling after a few cores; a process costs a one-off fork at the first task.
 PROCESS_WORKERS = 6
 
 _heif_lock = threading.Lock()
