@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import coca  # noqa: E402
 import storage  # noqa: E402
 from coca.generate import DecodingConfig  # noqa: E402
+from coca.step_graphs import captured_graph_count  # noqa: E402
 from indexer.decode import BACKENDS, DecodeConfig, decode_all  # noqa: E402
 from indexer.encode import EncodeConfig, default_cpu_threads, resolve_device  # noqa: E402
 from indexer.pipeline import (  # noqa: E402
@@ -169,7 +170,9 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     )
     if args.warmup:
         warm(model, config)
+    graphs_before = captured_graph_count()  # decoder-reuse check: constant, not one per batch
     summary = run_index(config, model, catalog, progress_printer())
+    graphs_in_run = captured_graph_count() - graphs_before
     decode_only = decode_throughput(photos, config, model, args.decode_only_count)
     return {
         "benchmark": "index_throughput",
@@ -194,6 +197,7 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         "split": time_split(summary),
         "model_images_per_second": round(summary.indexed / max(summary.times.model, 1e-9), 1),
         "decode_only_images_per_second": decode_only,
+        "cuda_graphs_captured_in_run": graphs_in_run,
         "write_files_seconds": round(write_seconds, 2),
     }
 

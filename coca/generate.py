@@ -170,7 +170,7 @@ def generate(
         length_penalty=length_penalty,
     )
     special = SpecialTokens.from_model(model, sot_token_id, eos_token_id, pad_token_id)
-    with _eval_no_grad(model):
+    with eval_no_grad(model):
         encoding = model.encode_image_with_tokens(image)  # one vision pass per image
         return generate_from_tokens(
             model,
@@ -202,7 +202,7 @@ def generate_from_tokens(
             f"the generator is on {generator.device} but decoding runs on {image_tokens.device}: "
             f"create it with torch.Generator(device={str(image_tokens.device)!r})"
         )
-    with _eval_no_grad(model):
+    with eval_no_grad(model):
         prompt = _prompt(text, special, image_tokens.shape[0], image_tokens.device, config)
         decoder = model.incremental_decoder(image_tokens, max_len=config.seq_len)
         return decode(decoder, prompt, config, special, stopping_criteria, generator)
@@ -262,7 +262,7 @@ def _prompt(
     return text.to(device=device, dtype=torch.long).contiguous()
 
 
-class _eval_no_grad:
+class eval_no_grad:
     """Eval mode and no autograd for the duration of a generation, as the seed does."""
 
     def __init__(self, model: Any) -> None:

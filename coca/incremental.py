@@ -9,8 +9,10 @@ What makes it fast, and why:
 - Logits are computed for the last position only.
 - One-token steps use a fixed-shape path (position on the device, all T_max slots attended under a
   mask), so on CUDA each step is captured once as a CUDA graph per batch shape and replayed: a step
-  of a few hundred small kernels costs one launch instead of hundreds. On the CPU (float32), one-
-  token steps go through coca.cpu_step instead (cached transposed weights, far fewer ops).
+  of a few hundred small kernels costs one launch instead of hundreds (coca.step_graphs). reset()
+  starts a new batch of the same shape in the same buffers, so the graphs outlive the batch.
+  On the CPU (float32), one-token steps go through coca.cpu_step instead (cached transposed
+  weights, far fewer ops).
 
 Legend: B rows (hypotheses), I images, T tokens, N image tokens, D width, H heads, Dh head width,
 V vocabulary, Lyr layers.
@@ -18,9 +20,7 @@ V vocabulary, Lyr layers.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from coca import cpu_step
 from coca.decoder import MultimodalDecoder, check_rows
 from coca.fused_step import StepFunction
 from coca.layers import attention_bias
+from coca.step_graphs import StepGraphs
 from coca.text import TextTransformer, causal_mask, legacy_key_mask
 
 logger = logging.getLogger(__name__)
@@ -72,10 +73,12 @@ class CachedDecoder:
                 tuple(t.contiguous() for t in block.image_kv(image_tokens))
                 for block in decoder.cross_attn
             ]
+        # The buffers reset() refills; a reorder may point _cross_kv at gathered copies.
+        self._cross_kv_buffers = self._cross_kv
         self._row_image = torch.arange(self.batch)  # CPU: which image each row decodes
         self._rows_per_image: int | None = 1  # rows grouped by image, or None -> gather per row
         self._row_image_device = self._row_image.to(device)
-        self._graphs = _GraphCache(enabled=cuda_graphs and device.type == "cuda")
+        self._graphs = StepGraphs(enabled=cuda_graphs and device.type == "cuda")
         # float32 on the CPU: one-token steps through coca.cpu_step (transposed weights, fewer ops).
         lean = step_function is None and cpu_step.supports(decoder, device)
         self._host = cpu_step.host_weights(text, decoder) if lean else None
@@ -151,6 +154,45 @@ class CachedDecoder:
         self._dec_kv[:, :, : self.batch, :, :t] = self._dec_kv[:, :, rows, :, :t]
         self._key_valid[: self.batch] = self._key_valid[rows]
         self._last_token[: self.batch] = self._last_token[rows]
+
+    @torch.no_grad()
+    def reset(self, image_tokens: torch.Tensor) -> None:
+        """Start over on new images (I, N, D), as many as at construction, in the same buffers.
+
+        Cross K/V are recomputed into their buffers (copy_, same addresses) and caches, length,
+        position and pad-mask flags are cleared as at construction, so captured CUDA graphs,
+        which read every buffer by address, replay correctly on the new batch. Graphs are
+        dropped only if a reorder changed the row layout during the last batch.
+        """
+        rows = self._cross_kv_buffers[0][0].shape[0]
+        if image_tokens.shape[0] != rows:
+            raise ValueError(f"reset got {image_tokens.shape[0]} images; this decoder holds {rows}")
+        layers = zip(self.decoder.cross_attn, self._cross_kv_buffers, strict=True)
+        for block, buffers in layers:
+            for buffer, fresh in zip(buffers, block.image_kv(image_tokens), strict=True):
+                if fresh.shape != buffer.shape or fresh.dtype != buffer.dtype:
+                    raise ValueError(
+                        f"reset needs image tokens like the first batch's: cross K/V "
+                        f"{tuple(fresh.shape)} {fresh.dtype}, buffers {tuple(buffer.shape)} "
+                        f"{buffer.dtype} (same image size, dtype and autocast)"
+                    )
+                buffer.copy_(fresh)  # (I, H, N, Dh)
+        # Zeroed, not just masked: unfilled slots are attended under a mask (see _alloc).
+        for state in (self._text_kv, self._dec_kv, self._key_valid, self._last_token):
+            state.zero_()
+        self._position.zero_()
+        self.length, self.batch = 0, rows
+        original = torch.arange(rows)
+        moved = self._cross_kv is not self._cross_kv_buffers or self._rows_per_image != 1
+        if moved or not torch.equal(self._row_image, original):
+            self._cross_kv, self._rows_per_image = self._cross_kv_buffers, 1
+            self._row_image, self._row_image_device = original, original.to(self._position.device)
+            self._graphs.clear()  # captured against the reordered layout's buffers
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether one-token steps are (or will be) replayed as CUDA graphs."""
+        return self._graphs.enabled
 
     # --- the two step paths -----------------------------------------------------------------
     def _step_prompt(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -316,84 +358,3 @@ class CachedDecoder:
             self._graphs.clear()
             self._row_image = row_image
             self._row_image_device = row_image.to(self._key_valid.device)
-
-
-class _GraphCache:
-    """CUDA graphs of the one-token step, one per (rows, layout) key.
-
-    The first step at a key runs eagerly on a side stream (warm-up, as CUDA graph capture
-    requires); the second captures the step and replays it; later steps only replay. Inputs and
-    outputs go through static buffers; logits are cloned so callers may keep them. Each graph has
-    its own memory pool (replay order across keys is arbitrary) and only the most recent
-    `max_graphs` are kept. If capture fails, graphs are switched off and steps run eagerly.
-
-    Under CUDA autocast the step is captured with autocast's weight-cast cache off (a cached cast
-    made during capture would outlive the graph's memory): the graph then holds the casts
-    themselves, and the autocast dtype is part of the key.
-    """
-
-    def __init__(self, enabled: bool, max_graphs: int = 3) -> None:
-        self.enabled = enabled
-        self.max_graphs = max_graphs
-        self._seen: set[tuple] = set()
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-
-    def clear(self) -> None:
-        self._seen.clear()
-        self._graphs.clear()
-
-    def run(
-        self, key: tuple, step: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor
-    ) -> torch.Tensor:
-        if not self.enabled:
-            return step(tokens)
-        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        key = (*key, autocast)
-        if key in self._graphs:
-            graph, static_in, static_out = self._graphs[key]
-            static_in.copy_(tokens)
-            graph.replay()
-            return static_out.clone()
-        if key not in self._seen:
-            self._seen.add(key)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), _no_autocast_cache(autocast):
-                out = step(tokens)
-            torch.cuda.current_stream().wait_stream(side)
-            return out
-        return self._capture(key, step, tokens, autocast)
-
-    def _capture(
-        self,
-        key: tuple,
-        step: Callable[[torch.Tensor], torch.Tensor],
-        tokens: torch.Tensor,
-        autocast: torch.dtype | None,
-    ) -> torch.Tensor:
-        static_in = tokens.clone()
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph), _no_autocast_cache(autocast):
-                static_out = step(static_in)
-        except RuntimeError as exc:  # capture records without running, so no state has changed
-            logger.warning("CUDA graph capture failed (%s); decoding without graphs", exc)
-            self.enabled = False
-            self.clear()
-            return step(tokens)
-        while len(self._graphs) >= self.max_graphs:
-            self._graphs.pop(next(iter(self._graphs)))
-        self._graphs[key] = (graph, static_in, static_out)
-        logger.debug("captured a CUDA graph for decoding step %s", key)
-        graph.replay()  # capture records without running: run this step now
-        return static_out.clone()
-
-
-@contextlib.contextmanager
-def _no_autocast_cache(dtype: torch.dtype | None) -> Iterator[None]:
-    """Re-enter CUDA autocast at `dtype` with the weight-cast cache off (None: do nothing)."""
-    if dtype is None:
-        yield
-        return
-    with torch.autocast("cuda", dtype=dtype, cache_enabled=False):
-        yield
