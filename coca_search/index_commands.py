@@ -86,15 +86,26 @@ def index_command(
     threads: Annotated[
         int, typer.Option("--threads", min=0, max=256, help="torch CPU threads (0: CPUs - 1).")
     ] = 0,
+    decode: Annotated[
+        str,
+        typer.Option(
+            "--decode",
+            help="Where JPEGs are decoded: auto (the GPU with nvJPEG when the model is on "
+            "CUDA and torchvision can), cpu or gpu.",
+        ),
+    ] = "auto",
 ) -> None:
     """Index a photo folder: captions + embeddings into the catalog, vectors into the index."""
-    from indexer.decode import DecodeConfig
+    from indexer.decode import DECODERS, DecodeConfig
     from indexer.encode import EncodeConfig
+    from indexer.gpu_decode import DecoderUnavailableError
     from indexer.pipeline import IndexConfig, IndexerBusyError, register_model, run_index
     from search_app.search import DataLayout
 
     if not photos_dir.is_dir():
         raise _fail(f"{photos_dir} is not a folder; pass the folder that holds your photos")
+    if decode not in DECODERS:
+        raise _fail(f"unknown --decode {decode!r}: use {', '.join(DECODERS)}")
     layout = DataLayout((data or default_data_dir()).expanduser())
     resolved = _device(device)
     if threads or resolved == "cpu":
@@ -108,7 +119,7 @@ def index_command(
     config = IndexConfig(
         photos_dir=photos_dir,
         index_path=layout.index_path(register_model(catalog, loaded)),
-        decode=DecodeConfig(workers=workers),
+        decode=DecodeConfig(workers=workers, decoder=decode),
         encode=EncodeConfig(batch_size=batch_size, captions=not no_captions),
     )
     try:
@@ -116,7 +127,7 @@ def index_command(
             summary = run_index(config, loaded, catalog, report)
     except IndexerBusyError as error:
         raise _fail(str(error), 3) from error
-    except NotADirectoryError as error:
+    except (NotADirectoryError, DecoderUnavailableError) as error:
         raise _fail(str(error)) from error
     except RuntimeError as error:
         if "out of memory" not in str(error).lower():

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +52,9 @@ _ORIENTATION_TRANSPOSES = {
 }
 
 BACKENDS = ("auto", "threads", "processes")
+# Where JPEG pixels are decoded: "cpu" (Pillow, this module), "gpu" (nvJPEG through torchvision,
+# `indexer.gpu_decode`), or "auto": the GPU when the model is on CUDA and nvJPEG works there.
+DECODERS = ("auto", "cpu", "gpu")
 # From this many decode workers up, "auto" uses processes: the Python part of each decode (open,
 # EXIF, array copies) holds the GIL, and the model and commit threads need it too, so threads stop
 # scaling after a few cores; a process costs a one-off fork at the first task.
@@ -79,13 +83,21 @@ class DecodeConfig:
     # held by the Python part of each decode would leave cores idle.
     backend: str = "auto"
     chunk_size: int = 32  # files per task sent to a decode process (amortises the hand-over)
+    decoder: str = "auto"  # one of DECODERS; the indexer resolves "auto" for its model's device
+    # JPEGs per nvJPEG call on the "gpu" decoder: large enough to keep the hardware decoder busy,
+    # small enough that the full-size decoded photos (~2.4 MB each at 1024x768) stay a few
+    # hundred MB of GPU memory.
+    gpu_batch_size: int = 128
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.workers < 1 or self.chunk_size < 1:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.workers < 1 or self.chunk_size < 1 or self.gpu_batch_size < 1:
             raise ValueError(
-                f"workers and chunk_size must be at least 1, got {self.workers}, {self.chunk_size}"
+                "workers, chunk_size and gpu_batch_size must be at least 1, got "
+                f"{self.workers}, {self.chunk_size}, {self.gpu_batch_size}"
             )
 
     def uses_processes(self) -> bool:
@@ -105,6 +117,18 @@ class DecodedImage:
     format: str | None  # Pillow's format name, e.g. "JPEG"
     taken_at: datetime | None  # EXIF DateTimeOriginal (or DateTime), no timezone
     camera: str | None  # EXIF make and model
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the catalog needs from a file's header, read without decoding any pixels."""
+
+    width: int  # size after EXIF orientation
+    height: int
+    format: str | None  # Pillow's format name, e.g. "JPEG"
+    orientation: int  # EXIF orientation 1..8 (1 when missing or invalid)
+    taken_at: datetime | None
+    camera: str | None
 
 
 @dataclass(frozen=True)
@@ -150,6 +174,25 @@ def decode_image(path: Path, config: DecodeConfig, prepare: Prepare | None = Non
 
 
 def _decode_open_image(image: Image.Image, config: DecodeConfig, prepare: Prepare) -> DecodedImage:
+    header = read_header(image, config)
+    if config.use_draft and header.format == "JPEG":
+        image.draft("RGB", _draft_request(image.size, config.image_size))
+    image.load()  # truncated or corrupt data raises here
+    # Orient before preparing: after draft the image is small, so the transpose is cheap.
+    transpose = _ORIENTATION_TRANSPOSES.get(header.orientation)
+    oriented = image.transpose(transpose) if transpose is not None else image
+    square = prepare(oriented)
+    pixels = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)  # (H,W,3) -> (3,S,S)
+    return DecodedImage(
+        pixels, header.width, header.height, header.format, header.taken_at, header.camera
+    )
+
+
+def read_header(image: Image.Image, config: DecodeConfig) -> ImageHeader:
+    """Size, orientation and EXIF of an opened image; raises DecodeError past the pixel limit.
+
+    Only the header is read, so a decompression bomb is refused before any pixel is decoded.
+    """
     width, height = image.size
     if width * height > config.max_pixels:
         raise DecodeError(
@@ -157,20 +200,14 @@ def _decode_open_image(image: Image.Image, config: DecodeConfig, prepare: Prepar
         )
     if width < 1 or height < 1:
         raise DecodeError(f"image has no pixels ({width}x{height})")
-    image_format = image.format
     exif = image.getexif()
-    transpose = _ORIENTATION_TRANSPOSES.get(exif.get(_TAG_ORIENTATION, 1))
-    if exif.get(_TAG_ORIENTATION) in _ROTATED_ORIENTATIONS:
+    orientation = exif.get(_TAG_ORIENTATION, 1)
+    if not isinstance(orientation, int) or orientation not in _ORIENTATION_TRANSPOSES:
+        orientation = 1  # missing, upright or malformed: shown as stored
+    if orientation in _ROTATED_ORIENTATIONS:
         width, height = height, width
     taken_at, camera = read_exif_metadata(exif)
-    if config.use_draft and image_format == "JPEG":
-        image.draft("RGB", _draft_request(image.size, config.image_size))
-    image.load()  # truncated or corrupt data raises here
-    # Orient before preparing: after draft the image is small, so the transpose is cheap.
-    oriented = image.transpose(transpose) if transpose is not None else image
-    square = prepare(oriented)
-    pixels = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)  # (H,W,3) -> (3,S,S)
-    return DecodedImage(pixels, width, height, image_format, taken_at, camera)
+    return ImageHeader(width, height, image.format, orientation, taken_at, camera)
 
 
 def _draft_request(size: tuple[int, int], image_size: int) -> tuple[int, int]:
@@ -237,17 +274,31 @@ def decode_all(
     long the input is, and the consumer (the model) finds the next image already decoded.
     """
     prepare = prepare or default_prepare(config.image_size)
+    return map_files(paths, config, prepare, decode_or_error)
+
+
+FileResult = TypeVar("FileResult")
+# The work done for one file by a decode worker: `decode_or_error`, or the GPU decoder's
+# header-only read (`indexer.gpu_decode.read_jpeg_or_decode`). A module-level function, so that
+# worker processes can receive it; it never raises for a bad file.
+FileWork = Callable[[Path, DecodeConfig, Prepare], FileResult]
+
+
+def map_files(
+    paths: Iterable[Path], config: DecodeConfig, prepare: Prepare, work: FileWork
+) -> Generator[FileResult, None, None]:
+    """`work` over every path in the worker pool (threads or processes), in input order."""
     if config.uses_processes():
         from indexer.decode_processes import decode_in_processes
 
-        yield from decode_in_processes(paths, config, prepare)
+        yield from decode_in_processes(paths, config, prepare, work)
         return
     window = max(1, config.workers, config.prefetch)
     pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="decode")
-    pending: deque[Future[DecodeResult]] = deque()
+    pending: deque[Future[FileResult]] = deque()
     try:
         for path in paths:
-            pending.append(pool.submit(decode_or_error, Path(path), config, prepare))
+            pending.append(pool.submit(work, Path(path), config, prepare))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:

@@ -1,9 +1,11 @@
 """Decode in worker processes, for machines with many cores (`DecodeConfig.backend`).
 
-Each task is a chunk of paths; the worker decodes them with `decode_or_error` and sends back one
-uint8 (n, S, S, 3) array plus small per-file records, so a chunk costs one pickle, not one per
-image, and no torch tensor crosses the process boundary (torch would pass each through shared
-memory). Results come back in input order, like the thread pool's.
+Each task is a chunk of paths; the worker runs the per-file work on them (`decode_or_error`, or
+the GPU decoder's header-only read) and sends back one uint8 (n, S, S, 3) array for the decoded
+images plus small per-file records, so a chunk costs one pickle, not one per image, and no torch
+tensor crosses the process boundary (torch would pass each through shared memory). Other results
+(the GPU decoder's JPEG bytes) travel as they are. Results come back in input order, like the
+thread pool's.
 
 Workers are forked, all at once on the first task (as torch's DataLoader does, CUDA may be up in
 the parent; the workers never touch it, nor torch's thread pools). A forkserver or spawn would
@@ -31,7 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.decode import DecodeConfig, DecodedImage, DecodeResult, Prepare, decode_or_error
+from indexer.decode import (
+    DecodeConfig,
+    DecodedImage,
+    DecodeResult,
+    FileResult,
+    FileWork,
+    Prepare,
+    decode_or_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +66,16 @@ class _Chunk:
     """What a worker sends back: pixels of the decoded files in order, and every file's record."""
 
     pixels: np.ndarray | None  # uint8 (n_ok, S, S, 3); None when no file of the chunk decoded
-    records: list[_FileRecord]
+    records: list[object]  # a _FileRecord per DecodeResult; any other result as it is
 
 
 def decode_in_processes(
-    paths: Iterable[Path], config: DecodeConfig, prepare: Prepare
-) -> Generator[DecodeResult, None, None]:
-    """`decode_all` over a process pool; at most about `prefetch` files are in flight."""
+    paths: Iterable[Path],
+    config: DecodeConfig,
+    prepare: Prepare,
+    work: FileWork = decode_or_error,
+) -> Generator[FileResult, None, None]:
+    """`map_files` over a process pool; at most about `prefetch` files are in flight."""
     try:
         pickle.dumps(prepare)
     except (pickle.PicklingError, AttributeError, TypeError) as error:
@@ -82,7 +95,7 @@ def decode_in_processes(
                 # Python 3.12+ warns that forking a threaded process (CUDA, BLAS) may deadlock
                 # the child; the workers only run Pillow and numpy, never the parent's threads.
                 warnings.filterwarnings("ignore", "This process .* is multi-threaded")
-                pending.append(pool.submit(_decode_chunk, chunk, config, prepare))
+                pending.append(pool.submit(_decode_chunk, chunk, config, prepare, work))
             if len(pending) >= window:
                 yield from _results(pending.popleft().result())
         while pending:
@@ -108,12 +121,17 @@ def _die_with_parent() -> None:
         logger.debug("cannot ask to die with the parent: %s", error)
 
 
-def _decode_chunk(paths: list[Path], config: DecodeConfig, prepare: Prepare) -> _Chunk:
-    """Runs in a worker: decode every path, never raising for a bad file."""
+def _decode_chunk(
+    paths: list[Path], config: DecodeConfig, prepare: Prepare, work: FileWork
+) -> _Chunk:
+    """Runs in a worker: `work` on every path, never raising for a bad file."""
     arrays: list[np.ndarray] = []
-    records: list[_FileRecord] = []
+    records: list[object] = []
     for path in paths:
-        result = decode_or_error(path, config, prepare)
+        result = work(path, config, prepare)
+        if not isinstance(result, DecodeResult):
+            records.append(result)
+            continue
         image = result.image
         if image is None:
             records.append(_FileRecord(path, result.error or "unknown decode error"))
@@ -127,13 +145,16 @@ def _decode_chunk(paths: list[Path], config: DecodeConfig, prepare: Prepare) -> 
     return _Chunk(np.stack(arrays) if arrays else None, records)
 
 
-def _results(chunk: _Chunk) -> Iterator[DecodeResult]:
+def _results(chunk: _Chunk) -> Iterator[object]:
     """Turn a worker's chunk back into per-file results (pixels are views of the chunk array)."""
     pixels = chunk.pixels
     if pixels is not None and not pixels.flags.writeable:
         pixels = pixels.copy()  # torch.from_numpy warns on read-only memory
     row = 0
     for record in chunk.records:
+        if not isinstance(record, _FileRecord):
+            yield record
+            continue
         if record.error is not None:
             yield DecodeResult(record.path, None, record.error)
             continue

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from coca.identity import model_identity
-from indexer.decode import DecodeConfig, DecodedImage, DecodeResult, decode_all
+from indexer.decode import DecodeConfig, DecodedImage, DecodeResult
 from indexer.encode import BatchEncoder, EncodeConfig
+from indexer.gpu_decode import decode_for_model, resolve_decoder
 from indexer.scan import FoundFile, ScanDiff, diff_library, walk_images
 from storage import (
     Catalog,
@@ -87,6 +88,7 @@ class IndexSummary:
     seconds: float
     images_per_second: float
     times: StageTimes = field(default_factory=StageTimes)
+    decoder: str = "cpu"  # where JPEG pixels were decoded: "cpu" (Pillow) or "gpu" (nvJPEG)
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -144,6 +146,9 @@ def run_index(
     if not root.is_dir():
         raise NotADirectoryError(f"{config.photos_dir} is not a folder; pass your photo folder")
     model_id = register_model(catalog, model)
+    # Resolved before any work, so --decode gpu where it cannot run fails at once.
+    decoder = resolve_decoder(config.decode.decoder, next(model.parameters()).device)
+    config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, decoder=decoder))
     with _exclusive(config.index_path):
         open_start = time.perf_counter()
         index = open_or_rebuild(catalog, model_id, config.index_path, config.vectors)
@@ -177,6 +182,7 @@ def run_index(
         seconds=round(seconds, 3),
         images_per_second=round(run.indexed / seconds, 2) if seconds > 0 else 0.0,
         times=StageTimes(**{k: round(v, 3) for k, v in run.times.items()}),
+        decoder=decoder,
     )
 
 
@@ -273,7 +279,7 @@ class _Run:
             prefetch=max(self.config.decode.prefetch, 2 * self.config.encode.batch_size),
         )
         paths = (self.root / item.file.relative_path for item in work)
-        results = decode_all(paths, decode_config, self.model.preprocess.resize_for_model)
+        results = decode_for_model(paths, decode_config, self.model.preprocess, self.encoder.device)
         try:
             self._consume(work, results)
         finally:

@@ -1,0 +1,378 @@
+"""Decode JPEGs on the GPU with nvJPEG (torchvision), for indexing faster than the CPU decodes.
+
+Why: on a 16-core H100 host, Pillow (draft mode, 14 worker processes) decodes about 1,500
+1024x768 photos a second, less than the B-32 model indexes. On this path the decode workers
+(`indexer.decode.map_files`: threads or processes) only read each file's bytes and its header
+(size, EXIF orientation, time, camera; no pixels), and one background thread hands batches of
+JPEG bytes to `torchvision.io.decode_jpeg(list, device=...)` (batched nvJPEG, on the hardware JPEG
+decoder of an A100/H100 for baseline JPEGs), turns each photo upright on the tensor and shrinks
+the batch to the model's S x S input with the model's own tensor preprocessing.
+
+Every other file takes the Pillow path of `indexer.decode`, one by one, so it ends exactly as on
+the CPU path (the same image, or the same error message): non-JPEGs; CMYK and other modes nvJPEG
+does not turn into RGB; files Pillow cannot open or whose header is past the pixel limit (refused
+from the header, before any decode); JPEGs without an end-of-image marker after their first scan
+(truncated: Pillow refuses them, nvJPEG might fill the gap); JPEGs that decode_jpeg rejects.
+
+The code runs on any torch device; on the CPU torchvision decodes with libjpeg, which is how the
+tests check it without a GPU. The pixels are close to, not equal to, the Pillow path's: the
+photo is decoded at full size (no DCT-domain draft) and resized with torch's antialiased bicubic,
+not Pillow's (tests/test_gpu_decode.py states the tolerance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import os
+import queue
+import threading
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from PIL import Image
+
+from coca.preprocess import Preprocess
+from indexer.decode import (
+    DecodeConfig,
+    DecodedImage,
+    DecodeResult,
+    ImageHeader,
+    Prepare,
+    decode_all,
+    decode_or_error,
+    map_files,
+    read_header,
+    register_heif_opener,
+)
+
+logger = logging.getLogger(__name__)
+
+_JPEG_START = b"\xff\xd8\xff"  # SOI, then the first marker
+_END_OF_IMAGE = b"\xff\xd9"
+_START_OF_SCAN = 0xDA
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no length field
+_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with extra frames; the first is the photo
+_RGB_MODES = ("RGB", "L")  # YCbCr and grey JPEGs; CMYK/YCCK stay with Pillow
+# Photos resized per call: each is a float32 copy of the full-size photo (~9 MB at 1024x768).
+_RESIZE_CHUNK = 32
+
+T = TypeVar("T")
+
+
+class DecoderUnavailableError(ValueError):
+    """GPU decoding was asked for where it cannot run; the message says what to use instead."""
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG file's bytes and header, read by a decode worker, waiting for the GPU decoder."""
+
+    path: Path
+    # The whole file; writable, so torch.frombuffer shares it without a warning.
+    data: bytearray = field(repr=False)
+    length: int  # bytes up to and including the image's end marker (a trailer is dropped)
+    header: ImageHeader
+
+
+DecodeItem = EncodedJpeg | DecodeResult
+
+
+def resolve_decoder(choice: str, device: torch.device) -> str:
+    """ "cpu" or "gpu" for a model on `device`; asking for "gpu" where it cannot run is an error."""
+    if choice == "cpu":
+        return "cpu"
+    reason = _unavailable_reason(device)
+    if choice == "auto":
+        if reason is not None and device.type == "cuda":
+            logger.info("decoding JPEGs on the CPU: %s", reason)
+        return "cpu" if reason is not None else "gpu"
+    if reason is not None:
+        raise DecoderUnavailableError(
+            f"--decode gpu cannot run here: {reason}; use --decode cpu or --decode auto"
+        )
+    return "gpu"
+
+
+def _unavailable_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"the model is on {device.type}, not a CUDA GPU"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available"
+    return probe_decode_jpeg(str(device))
+
+
+@functools.cache
+def probe_decode_jpeg(device: str) -> str | None:
+    """None when torchvision decodes a small JPEG on `device`, else why not (tried once)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError as error:
+        return f"torchvision is not installed ({error})"
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 30, 30)).save(buffer, format="JPEG", quality=95)
+    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    try:
+        (pixels,) = decode_jpeg([data], mode=ImageReadMode.RGB, device=device)
+    except (RuntimeError, ValueError, OSError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"torchvision.io.decode_jpeg fails on {device}: {first_line}"
+    red = pixels[0].float().mean().item()
+    if tuple(pixels.shape) != (3, 8, 16) or not 150 <= red <= 250:
+        return f"torchvision.io.decode_jpeg on {device} returned a wrong image"
+    return None
+
+
+def jpeg_length(data: bytes | bytearray) -> int | None:
+    """Bytes up to and including the end marker that closes the image's scans; None without one.
+
+    The segments before the first scan are walked by their lengths, so the end marker of an EXIF
+    thumbnail (inside APP1) is skipped; from the scan on, coded data never holds FF D9 (a data
+    byte FF is always followed by 00), so the first FF D9 is the image's end.
+    """
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+        elif marker == _START_OF_SCAN:
+            end = data.find(_END_OF_IMAGE, position)
+            return None if end < 0 else end + len(_END_OF_IMAGE)
+        elif marker in _STANDALONE_MARKERS:
+            position += 2
+        else:
+            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
+def read_jpeg_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
+    """A decode worker's job on the GPU path: the bytes and header of a JPEG nvJPEG can take,
+    else the Pillow path's result (image or error), so no file is lost or judged differently."""
+    try:
+        jpeg = _inspect_jpeg(path, _read_file(path), config)
+    except Exception as error:  # noqa: BLE001 - the Pillow path below gives the recorded message
+        logger.debug("%s goes to Pillow: %s", path, error)
+        jpeg = None
+    return jpeg if jpeg is not None else decode_or_error(path, config, prepare)
+
+
+def _read_file(path: Path) -> bytearray:
+    with open(path, "rb") as handle:
+        data = bytearray(os.fstat(handle.fileno()).st_size)
+        read = handle.readinto(data)
+    del data[read:]  # the file shrank while it was read
+    return data
+
+
+def _inspect_jpeg(path: Path, data: bytearray, config: DecodeConfig) -> EncodedJpeg | None:
+    """The EncodedJpeg of a JPEG fit for nvJPEG, None when Pillow must decide."""
+    if not data.startswith(_JPEG_START):
+        return None
+    length = jpeg_length(data)
+    if length is None:
+        return None
+    register_heif_opener()  # as the Pillow path does, so Image.open sees the same formats
+    with Image.open(io.BytesIO(data)) as image:  # parses the header; no pixel is decoded
+        if image.format not in _JPEG_FORMATS or image.mode not in _RGB_MODES:
+            return None
+        header = read_header(image, config)  # raises past the pixel limit
+    return EncodedJpeg(path, data, length, header)
+
+
+def decode_jpegs(files: Sequence[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:
+    """uint8 (3, H, W) RGB per file on `device`, as stored (not yet oriented); None where
+    decode_jpeg rejects the file. One batched call; when it fails, file by file."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(f.data, dtype=torch.uint8, count=f.length) for f in files]
+    try:
+        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError as error:  # one bad file fails the whole call: find it
+        logger.debug("batched JPEG decode failed (%s); decoding one by one", error)
+    decoded: list[torch.Tensor | None] = []
+    for one, file in zip(data, files, strict=True):
+        try:
+            decoded.append(decode_jpeg([one], mode=ImageReadMode.RGB, device=device)[0])
+        except RuntimeError as error:
+            logger.debug("%s: decode_jpeg rejects it (%s); Pillow decides", file.path, error)
+            decoded.append(None)
+    return decoded
+
+
+def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(3, H, W) as stored -> upright, for EXIF orientation 1..8 (as ImageOps.exif_transpose)."""
+    if orientation == 2:
+        return pixels.flip(-1)  # mirrored left-right
+    if orientation == 3:
+        return pixels.flip(-2, -1)  # upside down
+    if orientation == 4:
+        return pixels.flip(-2)  # mirrored top-bottom
+    if orientation == 5:
+        return pixels.transpose(-2, -1)  # mirrored across the main diagonal
+    if orientation == 6:
+        return pixels.rot90(-1, (-2, -1))  # stored turned left: turn clockwise
+    if orientation == 7:
+        return pixels.flip(-2, -1).transpose(-2, -1)  # mirrored across the anti-diagonal
+    if orientation == 8:
+        return pixels.rot90(1, (-2, -1))  # stored turned right: turn counter-clockwise
+    return pixels
+
+
+def to_model_pixels(images: Sequence[torch.Tensor], preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (B, S, S, 3) on the CPU: each (3, H, W) photo resized and cropped as the model's
+    tensor preprocessing does, kept as uint8 like the Pillow path's output (channel-last, as
+    Pillow lays it out, so the encoder's staging copy stays a plain copy)."""
+    config = preprocess.config
+    device = images[0].device
+    scale = torch.tensor(config.std, device=device).view(1, 3, 1, 1) * 255
+    shift = torch.tensor(config.mean, device=device).view(1, 3, 1, 1) * 255
+    parts = []
+    for start in range(0, len(images), _RESIZE_CHUNK):
+        normalised = preprocess.batch(images[start : start + _RESIZE_CHUNK])  # (b, 3, S, S)
+        # The inverse of the normalisation is exact after rounding: batch() rounds the resized
+        # pixels to whole values (as Pillow stores them) before it normalises.
+        parts.append(normalised.mul(scale).add(shift).round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(parts).permute(0, 2, 3, 1).contiguous().cpu()  # (B, S, S, 3)
+
+
+class ChunkDecoder:
+    """Turns a chunk of worker results into DecodeResults: JPEG bytes through decode_jpeg on
+    the device, the rest (and what decode_jpeg rejects) through the Pillow path."""
+
+    def __init__(self, config: DecodeConfig, preprocess: Preprocess, device: torch.device) -> None:
+        self.config, self.preprocess, self.device = config, preprocess, device
+        # A side stream: decoding and resizing overlap with the model's work on the default one.
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def decode(self, items: Sequence[DecodeItem]) -> list[DecodeResult]:
+        results: list[DecodeResult | None] = [
+            item if isinstance(item, DecodeResult) else None for item in items
+        ]
+        jpegs = [i for i, item in enumerate(items) if isinstance(item, EncodedJpeg)]
+        if jpegs:
+            stream = torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
+            with torch.inference_mode(), stream:
+                self._decode_on_device([items[i] for i in jpegs], jpegs, results)
+        for index, result in enumerate(results):
+            if result is None:  # decode_jpeg rejected it: the Pillow path decides
+                prepare = self.preprocess.resize_for_model
+                results[index] = decode_or_error(items[index].path, self.config, prepare)
+        return results  # type: ignore[return-value] - every slot is filled above
+
+    def _decode_on_device(
+        self, files: list[EncodedJpeg], slots: list[int], results: list[DecodeResult | None]
+    ) -> None:
+        upright: list[tuple[int, EncodedJpeg, torch.Tensor]] = []
+        for slot, file, pixels in zip(slots, files, decode_jpegs(files, self.device), strict=True):
+            if pixels is None:
+                continue
+            pixels = orient(pixels, file.header.orientation)  # (3, H, W) upright
+            if tuple(pixels.shape[1:]) == (file.header.height, file.header.width):
+                upright.append((slot, file, pixels))
+        if not upright:
+            return
+        squares = to_model_pixels([pixels for _, _, pixels in upright], self.preprocess)
+        for row, (slot, file, _) in enumerate(upright):
+            header = file.header
+            image = DecodedImage(
+                squares[row].permute(2, 0, 1),  # (3, S, S) view of channel-last memory
+                header.width,
+                header.height,
+                header.format,
+                header.taken_at,
+                header.camera,
+            )
+            results[slot] = DecodeResult(file.path, image, None)
+
+
+def decode_all_on_device(
+    paths: Iterable[Path], config: DecodeConfig, preprocess: Preprocess, device: torch.device
+) -> Generator[DecodeResult, None, None]:
+    """`decode_all` with JPEG pixels decoded on `device`; results in input order.
+
+    A background thread pulls the workers' results, decodes them in chunks of
+    `config.gpu_batch_size` and keeps about `config.prefetch` images ready, so decoding goes on
+    while the caller runs the model.
+    """
+    items = map_files(paths, config, preprocess.resize_for_model, read_jpeg_or_decode)
+    decoder = ChunkDecoder(config, preprocess, device)
+    chunks = (decoder.decode(chunk) for chunk in _chunked(items, config.gpu_batch_size))
+    capacity = max(1, -(-config.prefetch // config.gpu_batch_size))
+    background = _in_background(chunks, items, capacity)
+    try:
+        for chunk in background:
+            yield from chunk
+    finally:
+        background.close()  # stops the thread and the workers when the caller stops early
+
+
+def decode_for_model(
+    paths: Iterable[Path], config: DecodeConfig, preprocess: Preprocess, device: torch.device
+) -> Generator[DecodeResult, None, None]:
+    """The decode stage for a model on `device`: on the device when `config.decoder` is "gpu"
+    (resolved by `resolve_decoder`), else in Pillow's worker pool."""
+    if config.decoder == "gpu":
+        return decode_all_on_device(paths, config, preprocess, device)
+    return decode_all(paths, config, preprocess.resize_for_model)
+
+
+def _chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+_DONE = object()
+
+
+def _in_background(
+    produce: Iterator[T], source: Generator[object, None, None], capacity: int
+) -> Generator[T, None, None]:
+    """Run `produce` in a thread, at most `capacity` items ahead; its errors re-raise here.
+
+    When the caller stops early, the thread stops and closes `source` (the worker pool).
+    """
+    ready: queue.Queue[object] = queue.Queue(maxsize=capacity)
+    stop = threading.Event()
+
+    def hand_over(item: object) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                ready.put(item, timeout=0.1)
+                return
+
+    def run() -> None:
+        try:
+            for item in produce:
+                hand_over(item)
+                if stop.is_set():
+                    return
+            hand_over(_DONE)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            hand_over(_Failure(error))
+        finally:
+            source.close()
+
+    thread = threading.Thread(target=run, name="gpu-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item  # type: ignore[misc] - anything else came from `produce`
+    finally:
+        stop.set()
+        thread.join()
