@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from coca.hard_negatives import choose_negative_rows, negative_allowed
+from coca.layout_probe import mirror_layout
 from coca.scene_pool import (  # re-exported: the pool is part of this module's API
     GeneratedDataConfig,
     RenderedScenes,
@@ -59,6 +60,7 @@ class Batch:
     contrastive_tokens: torch.Tensor | None = None
     negative_tokens: torch.Tensor | None = None  # (M, T) false texts (coca.hard_negatives)
     negative_allowed: torch.Tensor | None = None  # (B, M) image b may be pushed from negative m
+    layouts: torch.Tensor | None = None  # (B, L) layout probe targets, NaN = absent (layout_probe)
 
 
 class BatchSource(Protocol):
@@ -169,6 +171,10 @@ class GeneratedBatches:
             found = [[text is not None for text in texts] for texts in rendered.negatives]
             self.negative_valid = torch.tensor(found, dtype=torch.bool)  # (N, K+P), host side
             self.negative_tokens = torch.from_numpy(rendered.negative_tokens).long().to(device)
+        self.layouts = None
+        if config.layout_probe:
+            assert rendered.layouts is not None  # the pool renders them when layout_probe is on
+            self.layouts = torch.from_numpy(rendered.layouts).to(device)  # (N, L)
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
@@ -203,10 +209,16 @@ class GeneratedBatches:
         tokens = self.tokens[rows[:, None], columns]  # (B, 1 or 2, T)
         if self.side_words is not None:
             pixels, tokens = _mirror(pixels, tokens, flip, self.side_words)
+        layouts = None
+        if self.layouts is not None:
+            layouts = self.layouts[rows]  # (B, L)
+            if self.side_words is not None:
+                layouts = mirror_layout(layouts, flip)
         batch = Batch(
             images=self.normalize(pixels),
             tokens=tokens[:, 0],
             contrastive_tokens=tokens[:, 1] if self.partial else None,
+            layouts=layouts,
         )
         if picked is None:
             return batch

@@ -27,6 +27,9 @@ class CocaLossOutput:
     total: torch.Tensor  # weighted sum, what to backpropagate
     contrastive: torch.Tensor  # already multiplied by its weight (as open_clip reports it)
     caption: torch.Tensor  # already multiplied by its weight
+    # Auxiliary terms added by the trainer, already weighted and inside `total` (the layout probe
+    # of coca.layout_probe); None when the run has none.
+    layout: torch.Tensor | None = None
 
 
 class CocaLoss(nn.Module):

@@ -10,6 +10,7 @@ Legend: N pool images, K texts per image (captions, then partial captions), T to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from coca.hard_negatives import negatives_for
+from coca.layout_probe import layout_target
 from coca.partial_captions import partial_captions
 from coca.world.captions import captions_for
 from coca.world.queries import TRAIN_SEED
@@ -63,6 +65,10 @@ class GeneratedDataConfig:
     # relation, subject/object or colors swapped, checked false for the scene (coca.hard_negatives).
     # Every image is then also scored against these texts; 0 turns them off.
     hard_negatives: float = 0.0
+    # Weight of the layout probe loss (coca.layout_probe): a linear head on the image latent must
+    # regress where each kind and (kind, color) group sits, so the latent encodes positions and
+    # relational queries can be read from it. 0 turns it off (and the pool carries no targets).
+    layout_probe: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.captions_per_image < 1:
@@ -73,6 +79,8 @@ class GeneratedDataConfig:
             raise ValueError("partial_captions_per_image must be >= 0, partial_share in [0, 1]")
         if not 0.0 <= self.hard_negatives <= 1.0:
             raise ValueError(f"hard_negatives must lie in [0, 1], got {self.hard_negatives}")
+        if self.layout_probe < 0.0:
+            raise ValueError(f"layout_probe must be >= 0, got {self.layout_probe}")
         if not 0.0 <= self.double_size_fraction <= 1.0:
             raise ValueError(
                 f"double_size_fraction must lie in [0, 1], got {self.double_size_fraction}"
@@ -97,6 +105,7 @@ class RenderedScenes:
     tokens: np.ndarray | None  # (N, K+P, T) int32 when a tokenizer was given
     negatives: list[list[str | None]] | None = None  # one false text per caption (or None)
     negative_tokens: np.ndarray | None = None  # (N, K+P, T): the caption's own where None
+    layouts: np.ndarray | None = None  # (N, L) float32 layout probe targets, NaN = absent
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,7 @@ class _Rendered:
     images: np.ndarray | None = None  # (n, H, W, 3) uint8 when there is no shared memory
     negatives: list[list[str | None]] | None = None
     negative_tokens: np.ndarray | None = None  # (n, K, T) int32
+    layouts: np.ndarray | None = None  # (n, L) float32
 
 
 def scene_captions(
@@ -134,7 +144,7 @@ def _render_into(
     images: np.ndarray, job: _RenderJob, start: int, stop: int, offset: int = 0
 ) -> _Rendered:
     """Render scenes offset+start .. offset+stop-1 into images[start:stop]; return captions."""
-    config, captions, negatives = job.config, [], []
+    config, captions, negatives, layouts = job.config, [], [], []
     for row in range(start, stop):
         index = offset + row
         scene = scene_for_seed(item_seed(config.split_seed, index))
@@ -151,14 +161,16 @@ def _render_into(
         if config.hard_negatives:
             rng = np.random.default_rng([config.split_seed, index, _NEGATIVE_STREAM])
             negatives.append(negatives_for(texts, scene, rng))
+        if config.layout_probe:
+            layouts.append(layout_target(scene))
     found = negatives if config.hard_negatives else None
+    layout = np.stack(layouts) if layouts else None  # (n, L)
     if job.tokenizer is None:
-        return _Rendered(captions, None, negatives=found)
+        return _Rendered(captions, None, negatives=found, layouts=layout)
     ids = job.tokenizer([text for texts in captions for text in texts]).numpy().astype(np.int32)
     ids = ids.reshape(len(captions), len(captions[0]), -1)  # (n, K, T)
-    if found is None:
-        return _Rendered(captions, ids)
-    return _Rendered(captions, ids, negatives=found, negative_tokens=_negative_ids(job, ids, found))
+    negative_ids = None if found is None else _negative_ids(job, ids, found)
+    return _Rendered(captions, ids, negatives=found, negative_tokens=negative_ids, layouts=layout)
 
 
 def _negative_ids(
@@ -188,7 +200,7 @@ def _render_chunk(task: tuple[_RenderJob, int, int]) -> _Rendered:
     if job.memory is None:  # pixels travel back through the pipe
         images = np.zeros((stop - start, *job.shape[1:]), dtype=np.uint8)
         done = _render_into(images, job, 0, stop - start, offset=start)
-        return _Rendered(done.captions, done.tokens, images, done.negatives, done.negative_tokens)
+        return dataclasses.replace(done, images=images)
     memory = SharedMemory(name=job.memory)
     try:
         return _render_into(np.ndarray(job.shape, np.uint8, buffer=memory.buf), job, start, stop)
@@ -231,7 +243,7 @@ def render_scenes(
         job = _RenderJob(config, preprocess, tokenizer, shape)
         done = _render_into(images, job, 0, config.pool_size)
         return RenderedScenes(
-            images, done.captions, done.tokens, done.negatives, done.negative_tokens
+            images, done.captions, done.tokens, done.negatives, done.negative_tokens, done.layouts
         )
     nbytes = int(np.prod(shape))
     memory = SharedMemory(create=True, size=nbytes) if _shared_memory_fits(nbytes) else None
@@ -266,5 +278,10 @@ def _joined(images: np.ndarray, chunks: list[_Rendered]) -> RenderedScenes:
     if chunks[0].negatives is not None:
         negatives = [texts for chunk in chunks for texts in chunk.negatives or []]
     return RenderedScenes(
-        images, captions, stacked("tokens"), negatives, stacked("negative_tokens")
+        images,
+        captions,
+        stacked("tokens"),
+        negatives,
+        stacked("negative_tokens"),
+        stacked("layouts"),
     )

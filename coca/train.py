@@ -17,14 +17,16 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from coca.data import Batch, BatchSource, GeneratedBatches, GeneratedDataConfig
 from coca.folder_data import FolderBatches, FolderDataConfig
+from coca.layout_probe import LayoutProbe
 from coca.loss import CocaLoss, CocaLossOutput, TextNegatives
 from coca.model import CoCa, CocaOutput
 from coca.recipe import build_model
@@ -129,9 +131,12 @@ def build_data(config: TrainConfig, model: CoCa, device: torch.device) -> BatchS
     return GeneratedBatches(config.data, *args)
 
 
-def make_optimizer(model: CoCa, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay only on weight matrices (open_clip excludes norms, biases, gains)."""
-    decay, no_decay = [], []
+def make_optimizer(
+    model: CoCa, optim: OptimConfig, device: torch.device, probes: tuple[nn.Module, ...] = ()
+) -> torch.optim.AdamW:
+    """AdamW; weight decay only on weight matrices (open_clip excludes norms, biases, gains).
+    Training-only probe heads are not decayed: they must grow large to read a unit-norm latent."""
+    decay, no_decay = [], [p for probe in probes for p in probe.parameters()]
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -235,7 +240,10 @@ class _Trainer:
         # The data first: rendering forks worker processes, best done before CUDA starts.
         self.data = build_data(config, model, self.device)
         self.model = model.to(self.device).train()
-        self.optimizer = make_optimizer(self.model, config.optim, self.device)
+        self.probes = self._layout_probe()
+        self.optimizer = make_optimizer(
+            self.model, config.optim, self.device, tuple(self.probes.values())
+        )
         self.loss_fn = CocaLoss(
             config.optim.contrastive_weight,
             config.optim.caption_weight,
@@ -246,9 +254,19 @@ class _Trainer:
         self.state = self._start_state(time.perf_counter() - setup_started)
         self.log = LossLog(self.run_dir, self.state.step)
 
+    def _layout_probe(self) -> dict[str, LayoutProbe]:
+        """The training-only layout probe head when the data asks for one (coca.layout_probe)."""
+        weight = getattr(self.config.data, "layout_probe", 0.0)
+        if not weight:
+            return {}
+        probe = LayoutProbe(self.model.config.embed_dim).to(self.device).train()
+        return {"layout_probe": probe}
+
     def _start_state(self, setup_seconds: float) -> RunState:
         if self.config.resume:
-            state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.record)
+            state = load_checkpoint(
+                self.run_dir, self.model, self.optimizer, self.record, self.probes
+            )
             logger.info("resuming %s at step %d", self.run_dir, state.step)
             return state
         if (self.run_dir / CHECKPOINT_FILE).exists():
@@ -281,10 +299,18 @@ class _Trainer:
             if output.negative_features is not None and batch.negative_allowed is not None:
                 negatives = TextNegatives(output.negative_features, batch.negative_allowed)
             losses = self.loss_fn(output.coca, negatives)
+            if self.probes and batch.layouts is not None:
+                weight = self.config.data.layout_probe  # type: ignore[union-attr]
+                probe = self.probes["layout_probe"]
+                layout = weight * probe.loss(output.coca.image_features, batch.layouts)
+                losses = replace(losses, total=losses.total + layout, layout=layout)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         losses = CocaLossOutput(
-            losses.total.detach(), losses.contrastive.detach(), losses.caption.detach()
+            losses.total.detach(),
+            losses.contrastive.detach(),
+            losses.caption.detach(),
+            None if losses.layout is None else losses.layout.detach(),
         )
         clip = self.config.optim.grad_clip
         params = self.model.parameters()
@@ -296,7 +322,7 @@ class _Trainer:
 
     def checkpoint(self, step: int, train_seconds: float) -> None:
         state = RunState(step, train_seconds, self.state.step_budget_s)
-        save_checkpoint(self.run_dir, self.model, self.optimizer, state, self.record)
+        save_checkpoint(self.run_dir, self.model, self.optimizer, state, self.record, self.probes)
 
 
 class _Window:
@@ -314,7 +340,7 @@ class _Window:
         speed = self.images / max(now - self.start, 1e-9)
         elapsed = self.seconds_before + now - self.clock
         self.start, self.images = now, 0
-        return {
+        record = {
             "step": step,
             "lr": lr,
             "loss": losses.total.item(),
@@ -324,6 +350,9 @@ class _Window:
             "images_per_s": round(speed, 1),
             "elapsed_s": round(elapsed, 2),
         }
+        if losses.layout is not None:
+            record["layout"] = losses.layout.item()
+        return record
 
 
 def train(config: TrainConfig, on_step: ProgressCallback | None = None) -> TrainResult:

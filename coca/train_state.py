@@ -62,8 +62,9 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: RunState,
     config: dict[str, Any],
+    extra: dict[str, torch.nn.Module] | None = None,
 ) -> Path:
-    """Write run_dir/checkpoint.pt atomically."""
+    """Write run_dir/checkpoint.pt atomically; `extra` are training-only modules (probe heads)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -72,6 +73,7 @@ def save_checkpoint(
         "step_budget_s": -1.0 if state.step_budget_s is None else state.step_budget_s,
         "config": json.dumps(config, sort_keys=True),
         "model": model.state_dict(),
+        "extra": {name: module.state_dict() for name, module in (extra or {}).items()},
         "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -93,6 +95,7 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     config: dict[str, Any],
+    extra: dict[str, torch.nn.Module] | None = None,
 ) -> RunState:
     """Restore model, optimizer and RNG states from run_dir/checkpoint.pt; return where to go on."""
     path = run_dir / CHECKPOINT_FILE
@@ -113,6 +116,10 @@ def load_checkpoint(
             "(they would change its schedule); use the same flags, or a new --output"
         )
     model.load_state_dict(payload["model"])
+    for name, module in (extra or {}).items():
+        if name not in payload.get("extra", {}):
+            raise ResumeError(f"cannot resume {run_dir}: its checkpoint has no {name} weights")
+        module.load_state_dict(payload["extra"][name])
     optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["torch_rng"])
     if payload["cuda_rng"] and torch.cuda.is_available():

@@ -111,10 +111,10 @@ def _render_size(text: str) -> tuple[int, int]:
 
 
 def _data_config(
-    data: str, captions: Path | None, images: Path | None, pool_size: int, render_size: str,
-    captions_per_image: int, split_seed: int, workers: int, double_size_fraction: float,
-    mirror: bool, mirror_twins: float, partial_captions: int, partial_share: float,
+    data: str, captions: Path | None, images: Path | None, workers: int, render_size: str,
+    generated: dict[str, Any],
 ) -> Any:  # fmt: skip
+    """The data source's config; `generated` holds GeneratedDataConfig's fields from the flags."""
     from coca.data import GeneratedDataConfig
     from coca.folder_data import FolderDataConfig
 
@@ -125,19 +125,7 @@ def _data_config(
     if data != "generated":
         raise _fail(f"unknown --data {data!r}: use generated or folder", 2)
     width, height = _render_size(render_size)
-    return GeneratedDataConfig(
-        pool_size=pool_size,
-        width=width,
-        height=height,
-        captions_per_image=captions_per_image,
-        split_seed=split_seed,
-        workers=workers,
-        double_size_fraction=double_size_fraction,
-        mirror=mirror,
-        mirror_twins=mirror_twins,
-        partial_captions_per_image=partial_captions,
-        partial_share=partial_share,
-    )
+    return GeneratedDataConfig(width=width, height=height, workers=workers, **generated)
 
 
 class _Progress:
@@ -203,6 +191,12 @@ def train_command(
     partial_share: float = typer.Option(
         0.5, "--partial-share", help="Share of contrastive texts drawn from --partial-captions."
     ),
+    hard_negatives: float = typer.Option(
+        0.0, "--hard-negatives", help="Share of each batch lending a false text (NegCLIP)."
+    ),
+    layout_probe: float = typer.Option(
+        0.0, "--layout-probe", help="Weight of the latent's object-position probe loss."
+    ),
     steps: int = typer.Option(1000, "--steps", min=1),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -232,10 +226,13 @@ def train_command(
     from coca.train_state import ResumeError
 
     try:
-        data_config = _data_config(
-            data, captions, images, pool_size, render_size, captions_per_image, split_seed,
-            workers, double_size_fraction, mirror, mirror_twins, partial_captions, partial_share,
+        generated = dict(
+            pool_size=pool_size, captions_per_image=captions_per_image, split_seed=split_seed,
+            double_size_fraction=double_size_fraction, mirror=mirror, mirror_twins=mirror_twins,
+            partial_captions_per_image=partial_captions, partial_share=partial_share,
+            hard_negatives=hard_negatives, layout_probe=layout_probe,
         )  # fmt: skip
+        data_config = _data_config(data, captions, images, workers, render_size, generated)
         optim = OptimConfig(
             lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
             grad_clip=grad_clip, contrastive_weight=contrastive_weight,

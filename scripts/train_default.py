@@ -39,6 +39,7 @@ def recipe(args: argparse.Namespace, bundle: Path) -> TrainConfig:
     return TrainConfig(
         output=bundle,
         model=args.preset,
+        init=args.init,
         data=GeneratedDataConfig(
             pool_size=args.pool_size,
             width=160,  # the library's 4:3, squashed to 128 px like 640x480 photos
@@ -61,15 +62,18 @@ def recipe(args: argparse.Namespace, bundle: Path) -> TrainConfig:
             # 0.4: about 38% of the pool's texts have a false edit (single-noun texts have none);
             # slots beyond the valid rows would be encoded by the text tower only to be masked.
             hard_negatives=0.4,
+            # v4: a linear probe on the image latent regresses each group's position
+            # (coca.layout_probe); 0 in the from-scratch stage that made v3.
+            layout_probe=args.layout_probe,
         ),
         steps=args.steps,
         batch_size=args.batch_size,
         optim=OptimConfig(
-            lr=1e-3,
+            lr=args.lr,
             weight_decay=0.05,
             betas=(0.9, 0.98),
             eps=1e-6,
-            warmup_steps=500,
+            warmup_steps=args.warmup_steps,
             min_lr_ratio=0.01,
             grad_clip=1.0,
             contrastive_weight=1.0,
@@ -112,6 +116,11 @@ def main() -> None:
     parser.add_argument("--eval-count", type=int, default=2000)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/coca_default_run"))
+    # A second stage fine-tunes a finished bundle (e.g. v3) with the same data recipe.
+    parser.add_argument("--init", default=None, help="fine-tune this coca.load source")
+    parser.add_argument("--layout-probe", type=float, default=0.0, help="probe loss weight")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=500)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
