@@ -21,7 +21,10 @@ Prints one JSON line: images/s end to end (scan + decode + model + commit + inde
 the wall time went: on the indexing thread, `decode_wait` (waiting for decoded images), `model`
 (host wall time in the model; `model_device` is the GPU's span over the model's kernels from CUDA
 events), `commit_wait` (waiting for the commit thread); `commit` runs in parallel on its own thread.
-`decode_only_images_per_second` is the decode pool alone over the same files (the CPU's ceiling).
+`decode_only_images_per_second` is the decode stage alone over the same files (the ceiling of
+the decoder the run used: `--decode cpu` Pillow's worker pool, `--decode gpu` header workers +
+nvJPEG + resize on the GPU); with the GPU decoder, `gpu_vs_pillow_pixels` says how far its model
+inputs are from the Pillow path's on the first 64 files.
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ import coca  # noqa: E402
 import storage  # noqa: E402
 from coca.generate import DecodingConfig  # noqa: E402
 from coca.step_graphs import captured_graph_count  # noqa: E402
-from indexer.decode import BACKENDS, DecodeConfig, decode_all  # noqa: E402
+from indexer.decode import BACKENDS, DECODERS, DecodeConfig, decode_all  # noqa: E402
 from indexer.encode import EncodeConfig, default_cpu_threads, resolve_device  # noqa: E402
+from indexer.gpu_decode import decode_for_model  # noqa: E402
 from indexer.pipeline import (  # noqa: E402
     IndexConfig,
     IndexProgress,
@@ -163,7 +167,7 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     config = IndexConfig(
         photos_dir=photos,
         index_path=layout.index_path(register_model(catalog, model)),
-        decode=DecodeConfig(workers=args.workers, backend=args.decode_backend),
+        decode=DecodeConfig(workers=args.workers, backend=args.decode_backend, decoder=args.decode),
         encode=EncodeConfig(
             batch_size=args.batch_size, captions=not args.no_captions, decoding=decoding
         ),
@@ -173,7 +177,16 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     graphs_before = captured_graph_count()  # decoder-reuse check: constant, not one per batch
     summary = run_index(config, model, catalog, progress_printer())
     graphs_in_run = captured_graph_count() - graphs_before
-    decode_only = decode_throughput(photos, config, model, args.decode_only_count)
+    decode = dataclasses.replace(
+        config.decode,
+        decoder=summary.decoder,
+        image_size=model.preprocess.image_size,
+        prefetch=2 * config.encode.batch_size,
+    )
+    paths = [photos / f.relative_path for f in walk_images(photos)]
+    on = next(model.parameters()).device  # "cuda:0", as the run had it: one nvJPEG decoder
+    decode_only = decode_throughput(paths[: args.decode_only_count], decode, model, on)
+    agreement = pixel_agreement(paths[:64], decode, model, on) if summary.decoder == "gpu" else None
     return {
         "benchmark": "index_throughput",
         "model": args.model,
@@ -186,6 +199,7 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         "batch_size": args.batch_size,
         "workers": args.workers,
         "decode_backend": "processes" if config.decode.uses_processes() else "threads",
+        "decoder": summary.decoder,
         "torch_threads": torch.get_num_threads(),
         "captions": not args.no_captions,
         "caption_tokens": args.caption_tokens,
@@ -197,6 +211,7 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         "split": time_split(summary),
         "model_images_per_second": round(summary.indexed / max(summary.times.model, 1e-9), 1),
         "decode_only_images_per_second": decode_only,
+        "gpu_vs_pillow_pixels": agreement,
         "cuda_graphs_captured_in_run": graphs_in_run,
         "write_files_seconds": round(write_seconds, 2),
     }
@@ -239,22 +254,42 @@ def time_split(summary: IndexSummary) -> dict[str, float]:
 
 
 def decode_throughput(
-    photos: Path, config: IndexConfig, model: torch.nn.Module, count: int
+    paths: list[Path], decode: DecodeConfig, model: torch.nn.Module, device: torch.device
 ) -> float | None:
-    """Images/s of the decode pool alone over the first `count` photos (None when count is 0)."""
-    if count <= 0:
+    """Images/s of the run's decode stage alone over `paths` (None when there are none)."""
+    if not paths:
         return None
-    paths = [photos / f.relative_path for f in walk_images(photos)][:count]
-    decode = dataclasses.replace(
-        config.decode,
-        image_size=model.preprocess.image_size,
-        prefetch=2 * config.encode.batch_size,
-    )
     start = time.perf_counter()
-    decoded = sum(
-        r.image is not None for r in decode_all(paths, decode, model.preprocess.resize_for_model)
-    )
+    results = decode_for_model(paths, decode, model.preprocess, device)
+    decoded = sum(result.image is not None for result in results)
     return round(decoded / (time.perf_counter() - start), 1)
+
+
+def pixel_agreement(
+    paths: list[Path], decode: DecodeConfig, model: torch.nn.Module, device: torch.device
+) -> dict[str, float]:
+    """How far the GPU decoder's model inputs are from the Pillow path's, on the same files."""
+    preprocess = model.preprocess
+    pillow = decode_all(
+        paths, dataclasses.replace(decode, decoder="cpu"), preprocess.resize_for_model
+    )
+    by_pillow = {r.path: r.image.pixels for r in pillow if r.image is not None}
+    by_gpu = {r.path: r.image.pixels for r in decode_for_model(paths, decode, preprocess, device)}
+    common = [path for path in paths if path in by_pillow and by_gpu.get(path) is not None]
+    if not common:
+        return {"files": 0}
+    expected = torch.stack([by_pillow[path] for path in common])  # uint8 (N, 3, S, S)
+    got = torch.stack([by_gpu[path] for path in common])
+    inputs = (preprocess.batch(expected), preprocess.batch(got))  # normalised, about unit variance
+    difference = (inputs[0] - inputs[1]).abs()
+    cosine = torch.nn.functional.cosine_similarity(inputs[0].flatten(1), inputs[1].flatten(1))
+    return {
+        "files": len(common),
+        "uint8_mean_abs": round((expected.float() - got.float()).abs().mean().item(), 3),
+        "input_mean_abs": round(difference.mean().item(), 4),
+        "input_q99_abs": round(torch.quantile(difference.flatten()[::7], 0.99).item(), 4),
+        "cosine_min": round(cosine.min().item(), 5),
+    }
 
 
 def warm(model: torch.nn.Module, config: IndexConfig) -> None:
@@ -341,6 +376,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--weights", choices=sorted(WEIGHTS), default="fp32")
     parser.add_argument("--decode-backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--decode", choices=DECODERS, default="auto", help="JPEG decoder")
     parser.add_argument("--grain", type=float, default=6.0, help="photo grain (std, 0..255)")
     parser.add_argument("--photos", type=Path, default=None, help="library folder, kept")
     parser.add_argument("--decode-only-count", type=int, default=0, help="also time decode alone")

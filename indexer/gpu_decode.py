@@ -61,7 +61,9 @@ _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no l
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with extra frames; the first is the photo
 _RGB_MODES = ("RGB", "L")  # YCbCr and grey JPEGs; CMYK/YCCK stay with Pillow
 # Photos resized per call: each is a float32 copy of the full-size photo (~9 MB at 1024x768).
-_RESIZE_CHUNK = 32
+# Few calls matter: every torch call on the decode thread releases and retakes the GIL, which the
+# indexing thread holds while it launches the model's work.
+_RESIZE_CHUNK = 64
 
 T = TypeVar("T")
 
@@ -103,14 +105,14 @@ def resolve_decoder(choice: str, device: torch.device) -> str:
 def _unavailable_reason(device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"the model is on {device.type}, not a CUDA GPU"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is available"
     return probe_decode_jpeg(str(device))
 
 
 @functools.cache
 def probe_decode_jpeg(device: str) -> str | None:
     """None when torchvision decodes a small JPEG on `device`, else why not (tried once)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "no CUDA GPU is available"
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError as error:
@@ -259,7 +261,8 @@ class ChunkDecoder:
         jpegs = [i for i, item in enumerate(items) if isinstance(item, EncodedJpeg)]
         if jpegs:
             stream = torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
-            with torch.inference_mode(), stream:
+            # no_grad, not inference_mode: the images leave as ordinary tensors, as Pillow's do.
+            with torch.no_grad(), stream:
                 self._decode_on_device([items[i] for i in jpegs], jpegs, results)
         for index, result in enumerate(results):
             if result is None:  # decode_jpeg rejected it: the Pillow path decides
@@ -280,10 +283,12 @@ class ChunkDecoder:
         if not upright:
             return
         squares = to_model_pixels([pixels for _, _, pixels in upright], self.preprocess)
-        for row, (slot, file, _) in enumerate(upright):
+        # (3, S, S) views of the channel-last memory, in one call rather than one per photo.
+        views = squares.permute(0, 3, 1, 2).unbind(0)
+        for (slot, file, _), pixels in zip(upright, views, strict=True):
             header = file.header
             image = DecodedImage(
-                squares[row].permute(2, 0, 1),  # (3, S, S) view of channel-last memory
+                pixels,
                 header.width,
                 header.height,
                 header.format,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -249,8 +250,10 @@ def test_resolve_decoder_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DecoderUnavailableError, match="--decode cpu"):
         resolve_decoder("gpu", CPU)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpu_decode.probe_decode_jpeg.cache_clear()
     with pytest.raises(DecoderUnavailableError, match="no CUDA GPU"):
         resolve_decoder("gpu", torch.device("cuda"))
+    gpu_decode.probe_decode_jpeg.cache_clear()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu_decode, "probe_decode_jpeg", lambda device: None)
     assert resolve_decoder("auto", torch.device("cuda")) == "gpu"
@@ -266,7 +269,7 @@ def test_probe_without_torchvision_reports_it(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setitem(sys.modules, module, None)  # importing it now fails
     gpu_decode.probe_decode_jpeg.cache_clear()
     try:
-        assert "torchvision is not installed" in (gpu_decode.probe_decode_jpeg("cuda") or "")
+        assert "torchvision is not installed" in (gpu_decode.probe_decode_jpeg("cpu") or "")
     finally:
         gpu_decode.probe_decode_jpeg.cache_clear()
 
@@ -281,3 +284,28 @@ def test_decode_config_rejects_an_unknown_decoder() -> None:
         DecodeConfig(decoder="nvjpeg")
     with pytest.raises(ValueError, match="gpu_batch_size"):
         DecodeConfig(gpu_batch_size=0)
+
+
+def test_gpu_decode_stops_its_thread_when_the_caller_stops_early(
+    tmp_path: Path, torchvision: object
+) -> None:
+    paths = _jpeg_corpus(tmp_path) * 4
+    config = DecodeConfig(image_size=16, workers=2, backend="processes", prefetch=4)
+    results = decode_all_on_device(paths, config, Preprocess(PreprocessConfig(image_size=16)), CPU)
+    assert next(results).image is not None
+    results.close()
+    assert not [t for t in threading.enumerate() if t.name == "gpu-decode"]
+
+
+def test_gpu_decode_errors_reach_the_caller(
+    tmp_path: Path, torchvision: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(files: object, device: object) -> None:
+        raise MemoryError("simulated: the GPU is out of memory")
+
+    monkeypatch.setattr(gpu_decode, "decode_jpegs", broken)
+    paths = _jpeg_corpus(tmp_path)
+    config = DecodeConfig(image_size=16, workers=1)
+    with pytest.raises(MemoryError, match="simulated"):
+        list(decode_all_on_device(paths, config, Preprocess(), CPU))
+    assert not [t for t in threading.enumerate() if t.name == "gpu-decode"]
