@@ -87,7 +87,7 @@ DecodeItem = EncodedJpeg | DecodeResult
 
 
 def resolve_decoder(choice: str, device: torch.device) -> str:
-    """ "cpu" or "gpu" for a model on `device`; asking for "gpu" where it cannot run is an error."""
+    """The decoder for a model on `device`, "cpu" or "gpu"; "gpu" where it cannot run raises."""
     if choice == "cpu":
         return "cpu"
     reason = _unavailable_reason(device)
