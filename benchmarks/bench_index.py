@@ -54,7 +54,7 @@ import storage  # noqa: E402
 from coca.generate import DecodingConfig  # noqa: E402
 from coca.step_graphs import captured_graph_count  # noqa: E402
 from indexer.decode import BACKENDS, DECODERS, DecodeConfig, decode_all  # noqa: E402
-from indexer.encode import EncodeConfig, default_cpu_threads, resolve_device  # noqa: E402
+from indexer.encode import EncodeConfig, default_threads, resolve_device  # noqa: E402
 from indexer.gpu_decode import decode_for_model  # noqa: E402
 from indexer.pipeline import (  # noqa: E402
     IndexConfig,
@@ -156,8 +156,7 @@ def library(folder: Path, count: int, size: tuple[int, int], grain: float) -> fl
 
 def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     device = resolve_device(args.device)
-    if args.threads or device.type == "cpu":
-        torch.set_num_threads(args.threads or default_cpu_threads())  # as `coca-search index`
+    torch.set_num_threads(args.threads or default_threads(device))  # as `coca-search index`
     width, height = (int(v) for v in args.size.lower().split("x"))
     photos, layout = args.photos or workdir / "photos", DataLayout(workdir / "data")
     write_seconds = library(photos, args.count, (width, height), args.grain)

@@ -83,7 +83,11 @@ class StepGraphs:
         static_in = tokens.clone()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph), _no_autocast_cache(autocast):
+            # thread_local: the indexer's GPU JPEG decoder keeps working (and syncing its own
+            # stream) on another thread meanwhile; in the default global mode any such call made
+            # the capture fail on the H100 and decoding fell back to eager steps.
+            capture = torch.cuda.graph(graph, capture_error_mode="thread_local")
+            with capture, _no_autocast_cache(autocast):
                 static_out = step(static_in)
         except RuntimeError as exc:  # capture records without running, so no state has changed
             logger.warning("CUDA graph capture failed (%s); decoding without graphs", exc)

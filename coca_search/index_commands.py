@@ -108,12 +108,11 @@ def index_command(
         raise _fail(f"unknown --decode {decode!r}: use {', '.join(DECODERS)}")
     layout = DataLayout((data or default_data_dir()).expanduser())
     resolved = _device(device)
-    if threads or resolved == "cpu":
-        import torch
+    import torch
 
-        from indexer.encode import default_cpu_threads
+    from indexer.encode import default_threads
 
-        torch.set_num_threads(threads or default_cpu_threads())
+    torch.set_num_threads(threads or default_threads(torch.device(resolved)))
     loaded = _load_model(model, resolved)
     catalog = _open_catalog(layout.data_dir)
     config = IndexConfig(

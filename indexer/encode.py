@@ -62,6 +62,17 @@ def default_cpu_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
+# torch threads when the model runs on a GPU: the host's torch work is then staging copies.
+# Measured on an H100 host (16 cores, 14 decode workers): with the default 16 OpenMP threads the
+# indexing thread spent ~0.85 s of host time per 512-photo batch against 0.14 s of GPU work.
+GPU_HOST_THREADS = 2
+
+
+def default_threads(device: torch.device) -> int:
+    """torch threads for indexing on `device` (see default_cpu_threads and GPU_HOST_THREADS)."""
+    return GPU_HOST_THREADS if device.type == "cuda" else default_cpu_threads()
+
+
 def resolve_device(choice: str) -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA without one is a clear error."""
     if choice == "auto":
