@@ -369,7 +369,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the JPEG files")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decoders")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: CPUs - 1)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as index)")
     parser.add_argument("--caption-tokens", type=int, default=20)
     parser.add_argument("--no-captions", action="store_true")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
