@@ -27,6 +27,7 @@ import torch
 
 from coca.identity import model_identity
 from indexer.decode import DecodeConfig, DecodedImage, DecodeResult
+from indexer.deferred_hashes import DeferredHashes
 from indexer.encode import BatchEncoder, EncodeConfig
 from indexer.gpu_decode import decode_for_model, resolve_decoder
 from indexer.scan import FoundFile, ScanDiff, diff_library, walk_images
@@ -269,6 +270,7 @@ class _Run:
         self.started = time.perf_counter()
         self.last_save = time.perf_counter()
         self.dirty = False
+        self.hashes = DeferredHashes(root, [])  # process() hashes the run's unhashed files
 
     def process(self, work: list[WorkItem]) -> None:
         self.total = len(work)
@@ -279,11 +281,14 @@ class _Run:
             prefetch=max(self.config.decode.prefetch, 2 * self.config.encode.batch_size),
         )
         paths = (self.root / item.file.relative_path for item in work)
+        unhashed = (item.file for item in work if item.content_hash is None)
+        self.hashes = DeferredHashes(self.root, unhashed)
         results = decode_for_model(paths, decode_config, self.model.preprocess, self.encoder.device)
         try:
             self._consume(work, results)
         finally:
             results.close()  # on any exit (Ctrl-C too) stop the decode workers promptly
+            self.hashes.close()
         if self.dirty or not self.config.index_path.exists():
             self._save_index()
 
@@ -341,7 +346,7 @@ class _Run:
                 item.file.size,
                 item.file.mtime_ns,
                 message[:2000],
-                item.content_hash,
+                self._content_hash(item),
             )
             self.index.remove([image_id])  # a changed file that now fails loses its old vector
             logger.warning("%s: %s", item.file.relative_path, message)
@@ -378,13 +383,16 @@ class _Run:
             path=item.file.relative_path,
             size=item.file.size,
             mtime_ns=item.file.mtime_ns,
-            content_hash=item.content_hash,
+            content_hash=self._content_hash(item),
             width=image.width,
             height=image.height,
             format=image.format,
             taken_at=image.taken_at,
             camera=image.camera,
         )
+
+    def _content_hash(self, item: WorkItem) -> str | None:
+        return item.content_hash or self.hashes.get(item.file.relative_path)
 
     def _save_index(self) -> None:
         start = time.perf_counter()

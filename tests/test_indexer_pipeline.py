@@ -107,6 +107,27 @@ def test_pipeline_indexes_a_library_with_bad_files(library: Library) -> None:
     assert detail.image.width == 64 and detail.image.height == 48
 
 
+def test_pipeline_stores_content_hashes_computed_beside_decoding(library: Library) -> None:
+    write_library(library.photos, 6)
+    make_bad_corpus(library.photos / "bad")
+    library.index()  # no vanished rows: the scan hashes nothing, DeferredHashes does it all
+    known = library.catalog.known_files(library.root_key)
+    readable = 0
+    for path, row in known.items():
+        try:
+            expected = storage.content_hash(library.photos / path)
+        except OSError:
+            continue  # unreadable files keep no hash
+        assert row.content_hash == expected, path
+        readable += 1
+    assert readable >= 6 + 10  # the good photos and the readable bad files (errors keep hashes)
+    edited = library.photos / "album0" / "img_00000.jpg"
+    write_photo(edited, seed=77)  # changed in place: hashed after the scan, row updated
+    library.index()
+    row = library.catalog.known_files(library.root_key)["album0/img_00000.jpg"]
+    assert row.content_hash == storage.content_hash(edited)
+
+
 def test_pipeline_second_run_skips_everything(library: Library) -> None:
     write_library(library.photos, 5)
     library.index()

@@ -64,11 +64,8 @@ def test_scan_diff_finds_new_changed_moved_deleted(tmp_path: Path) -> None:
     assert [f.relative_path for f in diff.changed] == ["album1/img_00001.jpg"]
     assert list(diff.deleted) == ["album0/img_00002.jpg"]
     assert len(diff.unchanged) == 3
-    assert set(diff.hashes) == {
-        "album1/renamed.jpg",
-        "new/album0/img_00000.jpg",
-        "album1/img_00001.jpg",
-    }
+    # only arrivals (possible moves) are hashed by the scan; the pipeline hashes changed files
+    assert set(diff.hashes) == {"album1/renamed.jpg", "new/album0/img_00000.jpg"}
 
 
 def test_scan_duplicate_copies_move_only_once(tmp_path: Path) -> None:
@@ -109,12 +106,13 @@ def test_scan_rescan_of_many_unchanged_files_is_fast(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 2.0
 
 
-def test_scan_hashes_new_and_changed_files_in_parallel_like_serially(tmp_path: Path) -> None:
+def test_scan_hashes_arrivals_in_parallel_like_serially(tmp_path: Path) -> None:
     write_library(tmp_path, 30)
     files = list(walk_images(tmp_path))
     known = _known(tmp_path, files[:10])
     changed = tmp_path / files[0].relative_path
     changed.write_bytes(changed.read_bytes() + b"edited")
+    (tmp_path / files[1].relative_path).unlink()  # a vanished row: arrivals may be moves
     unreadable = files[-1].relative_path
 
     def hasher(path: Path) -> str:
@@ -125,7 +123,37 @@ def test_scan_hashes_new_and_changed_files_in_parallel_like_serially(tmp_path: P
     serial = diff_library(tmp_path, walk_images(tmp_path), known, hasher=hasher, workers=1)
     parallel = diff_library(tmp_path, walk_images(tmp_path), known, hasher=hasher, workers=4)
     assert parallel.hashes == serial.hashes
-    assert len(parallel.hashes) == 20  # 19 new (one unreadable) + 1 changed
+    assert len(parallel.hashes) == 19  # 20 arrivals, one unreadable; the changed file waits
     assert unreadable not in parallel.hashes
-    assert files[0].relative_path in parallel.hashes
+    assert files[0].relative_path not in parallel.hashes
     assert [f.relative_path for f in parallel.new] == [f.relative_path for f in serial.new]
+
+
+def test_scan_hashes_nothing_when_no_vanished_row_could_match(tmp_path: Path) -> None:
+    write_library(tmp_path, 12)
+    files = list(walk_images(tmp_path))
+    known = _known(tmp_path, files[:4])
+    calls: list[Path] = []
+
+    def hasher(path: Path) -> str:
+        calls.append(path)
+        return content_hash(path)
+
+    diff = diff_library(tmp_path, walk_images(tmp_path), known, hasher=hasher)
+    assert len(diff.new) == 8 and not diff.moved and not diff.hashes and not calls
+
+
+def test_deferred_hashes_equal_the_scan_hash_and_skip_unreadable_files(tmp_path: Path) -> None:
+    from indexer.deferred_hashes import DeferredHashes
+
+    write_library(tmp_path, 6)
+    files = list(walk_images(tmp_path))
+    (tmp_path / files[2].relative_path).unlink()  # listed, then gone before it is hashed
+    hashes = DeferredHashes(tmp_path, files, workers=3)
+    try:
+        for i, file in enumerate(files):
+            expected = None if i == 2 else content_hash(tmp_path / file.relative_path)
+            assert hashes.get(file.relative_path) == expected
+        assert hashes.get("not/asked.jpg") is None
+    finally:
+        hashes.close()
