@@ -222,7 +222,8 @@ def train_command(
 ) -> None:
     """Train a CoCa model on generated scenes or a folder of captioned images."""
     from coca.data import DataError
-    from coca.train import OptimConfig, TrainConfig, train
+    from coca.optim import OptimConfig
+    from coca.train import TrainConfig, train
     from coca.train_state import ResumeError
 
     try:

@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from coca.data import GeneratedDataConfig  # noqa: E402
 from coca.evaluate import EvalConfig, EvalReport, evaluate, format_report  # noqa: E402
-from coca.train import OptimConfig, StepReport, TrainConfig, train  # noqa: E402
+from coca.optim import OptimConfig  # noqa: E402
+from coca.train import StepReport, TrainConfig, train  # noqa: E402
 from coca.world import HELDOUT_SEED, TRAIN_SEED  # noqa: E402
 
 logger = logging.getLogger("train_default")

@@ -15,9 +15,10 @@ from coca.data import GeneratedBatches, GeneratedDataConfig, render_scenes, scen
 from coca.hard_negatives import candidate_negatives, hard_negative, is_false_of
 from coca.loss import CocaLoss, TextNegatives
 from coca.model import CocaOutput
+from coca.optim import OptimConfig
 from coca.partial_captions import is_true_of, partial_captions
 from coca.recipe import world_preprocess, world_tokenizer
-from coca.train import OptimConfig, TrainConfig, train
+from coca.train import TrainConfig, train
 from coca.train_state import read_log
 from coca.world import item_seed, parse_description, scene_for_seed, scenes
 from coca.world.scene import Scene, SceneObject

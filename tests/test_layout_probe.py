@@ -12,8 +12,9 @@ import torch
 
 from coca.data import GeneratedBatches, GeneratedDataConfig, render_scenes
 from coca.layout_probe import LAYOUT_SLOTS, LayoutProbe, layout_target, mirror_layout
+from coca.optim import OptimConfig
 from coca.recipe import build_model
-from coca.train import OptimConfig, TrainConfig, train
+from coca.train import TrainConfig, train
 from coca.train_state import read_log
 from coca.world.scene import COLORS, KINDS, Scene, SceneObject
 

@@ -12,7 +12,8 @@ import torch
 
 import coca
 from coca.data import GeneratedDataConfig
-from coca.train import OptimConfig, TrainConfig, learning_rate, train
+from coca.optim import OptimConfig, learning_rate
+from coca.train import TrainConfig, train
 from coca.train_state import ResumeError, read_log
 
 
