@@ -177,9 +177,18 @@ class Preprocess:
         `images` is a uint8 tensor (B, 3, H, W) or a list of uint8 (3, H, W) tensors of any sizes
         (on one device). Images of equal size are resized together.
         """
+        return self._normalize(self._resized(images))
+
+    def resize_batch(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """uint8 (B, 3, S, S): `batch` before normalisation, the tensor twin of resize_for_model
+        (a decoder that resizes on the GPU hands the model what Pillow's path would)."""
+        return self._resized(images).round().clamp(0, 255).to(torch.uint8)
+
+    def _resized(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Resized and cropped float32 (B, 3, S, S) of 0..255 values (see `batch`)."""
         if isinstance(images, torch.Tensor):
             _check_batch_tensor(images)
-            return self._transform(images)
+            return self._resize_crop(images)
         items = list(images)
         if not items:
             raise ValueError("empty batch: pass at least one image")
@@ -195,11 +204,11 @@ class Preprocess:
         for index, item in enumerate(items):
             by_shape.setdefault((item.shape[1], item.shape[2]), []).append(index)
         for indices in by_shape.values():
-            out[indices] = self._transform(torch.stack([items[i] for i in indices]))
+            out[indices] = self._resize_crop(torch.stack([items[i] for i in indices]))
         return out
 
-    def _transform(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> normalized float (B, 3, S, S)."""
+    def _resize_crop(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float (B, 3, S, S) of 0..255 values, not yet normalised."""
         height, width = pixels.shape[-2:]
         new_height, new_width = self._resized_size(height, width)
         x = pixels.float()  # (B, 3, H, W), 0..255
@@ -212,8 +221,7 @@ class Preprocess:
                 antialias=True,
             )
             x = x.round().clamp(0, 255)  # Pillow stores the resized image as uint8
-        x = self._crop_or_pad_tensor(x)  # (B, 3, S, S)
-        return self._normalize(x)
+        return self._crop_or_pad_tensor(x)  # (B, 3, S, S)
 
     def _crop_or_pad_tensor(self, x: torch.Tensor) -> torch.Tensor:
         size = self.config.image_size

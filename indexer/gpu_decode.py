@@ -232,16 +232,10 @@ def to_model_pixels(images: Sequence[torch.Tensor], preprocess: Preprocess) -> t
     """uint8 (B, S, S, 3) on the CPU: each (3, H, W) photo resized and cropped as the model's
     tensor preprocessing does, kept as uint8 like the Pillow path's output (channel-last, as
     Pillow lays it out, so the encoder's staging copy stays a plain copy)."""
-    config = preprocess.config
-    device = images[0].device
-    scale = torch.tensor(config.std, device=device).view(1, 3, 1, 1) * 255
-    shift = torch.tensor(config.mean, device=device).view(1, 3, 1, 1) * 255
-    parts = []
-    for start in range(0, len(images), _RESIZE_CHUNK):
-        normalised = preprocess.batch(images[start : start + _RESIZE_CHUNK])  # (b, 3, S, S)
-        # The inverse of the normalisation is exact after rounding: batch() rounds the resized
-        # pixels to whole values (as Pillow stores them) before it normalises.
-        parts.append(normalised.mul(scale).add(shift).round().clamp(0, 255).to(torch.uint8))
+    parts = [
+        preprocess.resize_batch(images[start : start + _RESIZE_CHUNK])  # uint8 (b, 3, S, S)
+        for start in range(0, len(images), _RESIZE_CHUNK)
+    ]
     return torch.cat(parts).permute(0, 2, 3, 1).contiguous().cpu()  # (B, S, S, 3)
 
 

@@ -131,6 +131,17 @@ def test_preprocess_batch_tensor_equals_list() -> None:
     assert stacked.device == images[0].device
 
 
+def test_preprocess_resize_batch_is_batch_before_normalisation() -> None:
+    preprocess = Preprocess(PreprocessConfig(image_size=SIZE))
+    images = [to_uint8_tensor(rgb_image(80 + 9 * s, 60, seed=s)) for s in range(3)]  # 3 sizes
+    resized = preprocess.resize_batch(images)
+    assert resized.dtype == torch.uint8 and resized.shape == (3, 3, SIZE, SIZE)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    normalised = (resized.float() / 255 - mean) / std
+    torch.testing.assert_close(normalised, preprocess.batch(images), atol=0, rtol=0)
+
+
 def test_preprocess_batch_same_size_is_exact() -> None:
     # No resampling needed: the tensor path then equals the PIL path exactly.
     preprocess = Preprocess(PreprocessConfig(image_size=SIZE))
