@@ -25,7 +25,7 @@ import torch
 
 from coca.generate import DecodingConfig, SpecialTokens, decode, eval_no_grad, generate_from_tokens
 from coca.incremental import CachedDecoder
-from coca.sampling import LaggedSnapshot, _is_greedy, choose_tokens
+from coca.sampling import LaggedSnapshot, is_greedy, next_column
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +61,7 @@ def decode_greedy_fixed(
     snapshot = LaggedSnapshot(batch, prompt.device)
     logits = decoder.step(prompt)  # (B, V)
     for t in range(prompt_len, seq_len):
-        if t < seq_len - 1:
-            token = choose_tokens(logits, seqs[:, :t], config, special, None)  # (B,)
-        else:  # <end_of_text> forced at the last position, as in sample()
-            token = torch.full_like(length, special.eos)
-        token = token.masked_fill(done, special.pad)
-        seqs[:, t] = token
-        length = torch.where(done, length, t + 1)
-        done = done | (token == special.eos) | (token == special.pad)
+        token, done, length = next_column(logits, seqs, t, done, length, config, special, None)
         if t + 1 >= seq_len - 1:
             continue  # the last column needs no logits
         if (t - prompt_len) % poll_every == poll_every - 1:
@@ -100,7 +93,7 @@ class CaptionEngine:
 
     def generate(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Image tokens (B, N, D) -> ids (B, T), as generate_from_tokens(model, tokens, config)."""
-        if not _is_greedy(self.config):
+        if not is_greedy(self.config):
             return generate_from_tokens(self.model, image_tokens, self.config)
         if image_tokens.shape[0] == 0:
             raise ValueError("cannot caption an empty batch: pass at least one image")

@@ -81,7 +81,7 @@ def choose_tokens(
 ) -> torch.Tensor:
     """Next token per row: logits (R, V), previous tokens (R, T) -> (R,) long."""
     scores = process_scores(logits.float(), previous, config, special)
-    if _is_greedy(config):
+    if is_greedy(config):
         return scores.argmax(dim=-1)
     if config.generation_type == "top_k":
         scores = keep_top_k(scores, config.top_k)
@@ -91,10 +91,34 @@ def choose_tokens(
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _is_greedy(config: DecodingConfig) -> bool:
+def is_greedy(config: DecodingConfig) -> bool:
     """Argmax decoding: generation_type greedy, or the seed's top_k with k = 1."""
     kind = config.generation_type
     return kind == "greedy" or (kind == "top_k" and config.top_k == 1)
+
+
+def next_column(
+    logits: torch.Tensor,
+    seqs: torch.Tensor,
+    t: int,
+    done: torch.Tensor,
+    length: torch.Tensor,
+    config: DecodingConfig,
+    special: SpecialTokens,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Write column t of seqs (R, L): the chosen tokens, pad for finished rows, <end_of_text>
+    forced at the last position (as the seed does; its logits are never needed). Returns the
+    tokens (R,), the finished flags and the lengths (<end_of_text> included) after column t."""
+    if t < seqs.shape[1] - 1:
+        token = choose_tokens(logits, seqs[:, :t], config, special, generator)  # (R,)
+    else:
+        token = torch.full_like(length, special.eos)
+    token = token.masked_fill(done, special.pad)
+    seqs[:, t] = token
+    length = torch.where(done, length, t + 1)
+    done = done | (token == special.eos) | (token == special.pad)
+    return token, done, length
 
 
 class LaggedSnapshot:
@@ -178,18 +202,13 @@ def sample(
     # A decoder that computes on the host (coca.incremental.CachedDecoder on the CPU) has no
     # device queue to keep busy: reading the flags at once saves the lag's extra step. Greedy
     # only: sampling would drop rows a step earlier and so draw a different random stream.
-    on_host = bool(getattr(decoder, "runs_on_host", False)) and _is_greedy(config)
+    on_host = bool(getattr(decoder, "runs_on_host", False)) and is_greedy(config)
 
     logits = decoder.step(prompt)  # (B, V)
     for t in range(prompt_len, seq_len):
-        if t < seq_len - 1:
-            token = choose_tokens(logits, seqs[:, :t], config, special, generator)  # (A,)
-        else:  # the seed forces <end_of_text> at the last position: its logits are never needed
-            token = torch.full_like(done, special.eos, dtype=torch.long)
-        token = token.masked_fill(done, special.pad)
-        seqs[:, t] = token
-        length = torch.where(done, length, t + 1)
-        done = done | (token == special.eos) | (token == special.pad)
+        token, done, length = next_column(
+            logits, seqs, t, done, length, config, special, generator
+        )  # token (A,)
         if stopping_criteria:
             done = done | stopped_rows(stopping_criteria, seqs[:, : t + 1])
         if t == seq_len - 1:
