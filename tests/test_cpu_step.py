@@ -9,7 +9,7 @@ import torch
 from coca import cpu_step
 from coca.generate import DecodingConfig, decode
 from coca.incremental import CachedDecoder
-from tests.test_generate import EosWhenLogitsSay, special_tokens
+from tests.test_generate import EosWhenLogitsSay, assert_steps_match, special_tokens
 
 
 class HostEos(EosWhenLogitsSay):
@@ -42,18 +42,9 @@ def test_cpu_step_logits_match_the_in_place_step(tiny_model) -> None:
     eager = eager_decoder(tiny_model, tokens, 12)
     lean = tiny_model.incremental_decoder(tokens, max_len=12)
     prompt = torch.tensor([[special.sot, 5, special.pad], [special.sot, 7, 8], [special.sot, 9, 3]])
-    with torch.no_grad():
-        assert torch.allclose(eager.step(prompt), lean.step(prompt), atol=1e-5)
-        feed = torch.tensor([[4], [special.pad], [6]])
-        for step in range(7):
-            a, b = eager.step(feed), lean.step(feed)
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"step {step}"
-            feed = a.argmax(dim=-1, keepdim=True)
-            rows = {1: [2, 0, 0], 3: [0, 0, 1, 1, 2, 2]}.get(step)  # out of order, then runs
-            if rows is not None:
-                eager.reorder(torch.tensor(rows))
-                lean.reorder(torch.tensor(rows))
-                feed = feed[rows]
+    feed = torch.tensor([[4], [special.pad], [6]])
+    reorders = {1: [2, 0, 0], 3: [0, 0, 1, 1, 2, 2]}  # out of image order, then runs of beams
+    assert_steps_match(eager, lean, prompt, feed, 7, reorders)
 
 
 def test_cpu_step_starts_at_slot_zero_like_the_in_place_step(tiny_model) -> None:

@@ -556,6 +556,26 @@ def special_tokens(model) -> SpecialTokens:
     return SpecialTokens(sot=cfg.sot_token_id, eos=cfg.eot_token_id, pad=cfg.pad_token_id)
 
 
+def assert_steps_match(
+    reference, candidate, prompt: torch.Tensor, feed: torch.Tensor, steps: int,
+    reorders: dict[int, list[int]],
+) -> None:  # fmt: skip
+    """Step two decoders of the same images in lockstep and compare their logits: the prompt,
+    then `steps` one-token steps fed the reference's argmax; after step i both follow
+    reorders[i] (row indices, which may duplicate, drop and permute rows)."""
+    with torch.no_grad():
+        assert torch.allclose(reference.step(prompt), candidate.step(prompt), atol=1e-5)
+        for step in range(steps):
+            a, b = reference.step(feed), candidate.step(feed)
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"step {step}"
+            feed = a.argmax(dim=-1, keepdim=True)
+            if step in reorders:
+                rows = torch.tensor(reorders[step])
+                reference.reorder(rows)
+                candidate.reorder(rows)
+                feed = feed[rows]
+
+
 @pytest.mark.parametrize("generation_type", ["greedy", "beam_search"])
 def test_tiny_model_cached_decoder_matches_full_prefix(tiny_model, generation_type: str) -> None:
     cfg = tiny_model.config
