@@ -192,6 +192,8 @@ class _Trainer:
         # The data first: rendering forks worker processes, best done before CUDA starts.
         self.data = build_data(config, model, self.device)
         self.model = model.to(self.device).train()
+        # Weight of the layout probe loss; only generated scenes have the scene graphs it needs.
+        self.layout_weight = getattr(config.data, "layout_probe", 0.0)
         self.probes = self._layout_probe()
         self.optimizer = make_optimizer(
             self.model, config.optim, self.device, tuple(self.probes.values())
@@ -208,8 +210,7 @@ class _Trainer:
 
     def _layout_probe(self) -> dict[str, LayoutProbe]:
         """The training-only layout probe head when the data asks for one (coca.layout_probe)."""
-        weight = getattr(self.config.data, "layout_probe", 0.0)
-        if not weight:
+        if not self.layout_weight:
             return {}
         probe = LayoutProbe(self.model.config.embed_dim).to(self.device).train()
         return {"layout_probe": probe}
@@ -252,9 +253,8 @@ class _Trainer:
                 negatives = TextNegatives(output.negative_features, batch.negative_allowed)
             losses = self.loss_fn(output.coca, negatives)
             if self.probes and batch.layouts is not None:
-                weight = self.config.data.layout_probe  # type: ignore[union-attr]
                 probe = self.probes["layout_probe"]
-                layout = weight * probe.loss(output.coca.image_features, batch.layouts)
+                layout = self.layout_weight * probe.loss(output.coca.image_features, batch.layouts)
                 losses = replace(losses, total=losses.total + layout, layout=layout)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()

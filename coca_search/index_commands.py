@@ -84,7 +84,10 @@ def index_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     # Annotated, so that callers of this function (coca-search demo) may leave it out.
     threads: Annotated[
-        int, typer.Option("--threads", min=0, max=256, help="torch CPU threads (0: CPUs - 1).")
+        int,
+        typer.Option(
+            "--threads", min=0, max=256, help="torch threads (0: CPUs - 1 on a CPU, 2 with a GPU)."
+        ),
     ] = 0,
     decode: Annotated[
         str,
