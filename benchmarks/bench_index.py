@@ -18,9 +18,11 @@ files are written in parallel and read from the page cache. `--photos DIR` keeps
 the next run (it is reused when it already holds --count files).
 
 Prints one JSON line: images/s end to end (scan + decode + model + commit + index save) and where
-the wall time went: on the indexing thread, `decode_wait` (waiting for decoded images), `model`
-(host wall time in the model; `model_device` is the GPU's span over the model's kernels from CUDA
-events), `commit_wait` (waiting for the commit thread); `commit` runs in parallel on its own thread.
+the wall time went. Three threads overlap: the indexing thread gathers decoded images
+(`decode_wait`: waiting for the decoders; `model_wait`: waiting for the model thread to take the
+next batch), the model thread runs the model (`model`: its host wall time; `model_device`: the
+GPU's span over the model's kernels from CUDA events; `commit_wait`: waiting for the commit
+thread) and the commit thread writes the catalog (`commit`).
 `decode_only_images_per_second` is the decode stage alone over the same files (the ceiling of
 the decoder the run used: `--decode cpu` Pillow's worker pool, `--decode gpu` header workers +
 nvJPEG + resize on the GPU); with the GPU decoder, `gpu_vs_pillow_pixels` says how far its model
@@ -236,19 +238,21 @@ def progress_printer(every_s: float = 5.0):  # noqa: ANN201 - indexer.pipeline.P
 
 
 def time_split(summary: IndexSummary) -> dict[str, float]:
-    """Shares of the run's wall time, indexing thread (they add up to 1 with `other`)."""
+    """Shares of the run's wall time. The indexing thread's parts add up to 1 with `other`;
+    the model and commit threads run beside it (`model_thread_busy`, `commit_thread_busy`)."""
     t, wall = summary.times, max(summary.seconds, 1e-9)
     parts = {
         "setup": t.open_index + t.scan,
         "decode_wait": t.decode_wait,
-        "model": t.model,
-        "commit_wait": t.commit_wait,
+        "model_wait": t.model_wait,
         "save": t.save,
     }
-    parts["other"] = wall - sum(parts.values())  # batching, staging to pinned memory, progress
+    parts["other"] = wall - sum(parts.values())  # batching, progress, the final waits
     split = {name: round(value / wall, 3) for name, value in parts.items()}
+    split["model_thread_busy"] = round(t.model / wall, 3)
     split["gpu_busy"] = round(t.model_device / wall, 3)  # device span / wall (CUDA events)
     split["commit_thread_busy"] = round(t.commit / wall, 3)
+    split["commit_wait"] = round(t.commit_wait / wall, 3)  # the model thread waiting on commits
     return split
 
 
@@ -278,7 +282,7 @@ def pixel_agreement(
     if not common:
         return {"files": 0}
     expected = torch.stack([by_pillow[path] for path in common])  # uint8 (N, 3, S, S)
-    got = torch.stack([by_gpu[path] for path in common])
+    got = torch.stack([by_gpu[path].cpu() for path in common])  # decoded on the GPU
     inputs = (preprocess.batch(expected), preprocess.batch(got))  # normalised, about unit variance
     difference = (inputs[0] - inputs[1]).abs()
     cosine = torch.nn.functional.cosine_similarity(inputs[0].flatten(1), inputs[1].flatten(1))

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from coca.preprocess import Preprocess, PreprocessConfig
+from storage.hashing import content_hash, content_hash_of_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ class DecodeConfig:
     backend: str = "auto"
     chunk_size: int = 32  # files per task sent to a decode process (amortises the hand-over)
     decoder: str = "auto"  # one of DECODERS; the indexer resolves "auto" for its model's device
+    # Also compute each file's content hash (storage.content_hash) in the worker that reads it:
+    # the indexer needs one per new file, and there it costs a read from the page cache, not
+    # threads in the indexing process contending for the GIL with the model and the commits.
+    hash_files: bool = False
     # JPEGs per nvJPEG call on the "gpu" decoder: large enough to keep the hardware decoder busy,
     # small enough that the full-size decoded photos (~2.4 MB each at 1024x768) stay a few
     # hundred MB of GPU memory.
@@ -138,6 +143,7 @@ class DecodeResult:
     path: Path
     image: DecodedImage | None
     error: str | None
+    content_hash: str | None = None  # with DecodeConfig.hash_files; None if unreadable
 
 
 def register_heif_opener() -> None:
@@ -256,13 +262,27 @@ def decode_or_error(
     path: Path, config: DecodeConfig, prepare: Prepare | None = None
 ) -> DecodeResult:
     """The one place where a bad file's exception becomes a recorded message."""
+    digest = hash_if_asked(path, config)
     try:
-        return DecodeResult(path, decode_image(path, config, prepare), None)
+        return DecodeResult(path, decode_image(path, config, prepare), None, digest)
     except MemoryError:
-        return DecodeResult(path, None, "MemoryError: not enough memory to decode this image")
+        error_text = "MemoryError: not enough memory to decode this image"
+        return DecodeResult(path, None, error_text, digest)
     except Exception as error:  # noqa: BLE001 - any failure of one file must not stop the run
         logger.debug("cannot decode %s: %s", path, error)
-        return DecodeResult(path, None, f"{type(error).__name__}: {error}")
+        return DecodeResult(path, None, f"{type(error).__name__}: {error}", digest)
+
+
+def hash_if_asked(path: Path, config: DecodeConfig, data: bytes | None = None) -> str | None:
+    """The file's content hash when `config.hash_files` (from `data` when it was read already);
+    None when not asked or unreadable (decoding then records why)."""
+    if not config.hash_files:
+        return None
+    try:
+        return content_hash(path) if data is None else content_hash_of_bytes(data)
+    except OSError as error:
+        logger.debug("cannot hash %s: %s", path, error)
+        return None
 
 
 def decode_all(

@@ -54,6 +54,7 @@ class _FileRecord:
 
     path: Path
     error: str | None
+    content_hash: str | None = None
     width: int = 0
     height: int = 0
     format: str | None = None
@@ -134,12 +135,20 @@ def _decode_chunk(
             continue
         image = result.image
         if image is None:
-            records.append(_FileRecord(path, result.error or "unknown decode error"))
+            error = result.error or "unknown decode error"
+            records.append(_FileRecord(path, error, result.content_hash))
             continue
         arrays.append(image.pixels.permute(1, 2, 0).numpy())  # (S, S, 3), a view
         records.append(
             _FileRecord(
-                path, None, image.width, image.height, image.format, image.taken_at, image.camera
+                path,
+                None,
+                result.content_hash,
+                image.width,
+                image.height,
+                image.format,
+                image.taken_at,
+                image.camera,
             )
         )
     return _Chunk(np.stack(arrays) if arrays else None, records)
@@ -156,7 +165,7 @@ def _results(chunk: _Chunk) -> Iterator[object]:
             yield record
             continue
         if record.error is not None:
-            yield DecodeResult(record.path, None, record.error)
+            yield DecodeResult(record.path, None, record.error, record.content_hash)
             continue
         assert pixels is not None  # a record without an error has a row
         tensor = torch.from_numpy(pixels[row]).permute(2, 0, 1)  # (S, S, 3) -> (3, S, S)
@@ -164,4 +173,4 @@ def _results(chunk: _Chunk) -> Iterator[object]:
         image = DecodedImage(
             tensor, record.width, record.height, record.format, record.taken_at, record.camera
         )
-        yield DecodeResult(record.path, image, None)
+        yield DecodeResult(record.path, image, None, record.content_hash)

@@ -131,7 +131,8 @@ class BatchEncoder:
         return next(self.model.visual.parameters()).dtype
 
     def _to_device(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Stack (3, S, S) images into a (B, 3, S, S) batch on the model's device.
+        """Stack (3, S, S) images (on the CPU, or already on the model's device) into a
+        (B, 3, S, S) batch on the model's device.
 
         Decoded images are channel-last in memory (Pillow's layout) seen through a permuted view;
         stacking them channel-last is a plain copy, and the batch stays a channel-last view.
@@ -139,6 +140,16 @@ class BatchEncoder:
         channels_last = [image.permute(1, 2, 0) for image in images]  # (S, S, 3) each
         if self.device.type != "cuda":
             return torch.stack(channels_last).permute(0, 3, 1, 2)
+        on_device = [image.device == self.device for image in images]
+        if any(on_device):  # decoded on the GPU (indexer.gpu_decode); Pillow's few come over
+            stream = torch.cuda.current_stream(self.device)
+            for image, there in zip(images, on_device, strict=True):
+                if there:
+                    # Decoded on the decoder's stream: tell the allocator this stream reads the
+                    # photo, so its memory is not handed back to the decoder before the copy ran.
+                    image.record_stream(stream)
+            moved = [image.to(self.device) for image in channels_last]  # no-op when there
+            return torch.stack(moved).permute(0, 3, 1, 2)
         # Reusing one pinned staging buffer avoids a pinned allocation per batch; the copy to the
         # GPU is asynchronous, so it overlaps with whatever the GPU still has queued.
         shape = (len(images), *channels_last[0].shape)  # (B, S, S, 3)

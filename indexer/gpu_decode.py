@@ -47,6 +47,7 @@ from indexer.decode import (
     Prepare,
     decode_all,
     decode_or_error,
+    hash_if_asked,
     map_files,
     read_header,
     register_heif_opener,
@@ -81,6 +82,7 @@ class EncodedJpeg:
     data: bytearray = field(repr=False)
     length: int  # bytes up to and including the image's end marker (a trailer is dropped)
     header: ImageHeader
+    content_hash: str | None = None  # of the whole file, with DecodeConfig.hash_files
 
 
 DecodeItem = EncodedJpeg | DecodeResult
@@ -186,7 +188,7 @@ def _inspect_jpeg(path: Path, data: bytearray, config: DecodeConfig) -> EncodedJ
         if image.format not in _JPEG_FORMATS or image.mode not in _RGB_MODES:
             return None
         header = read_header(image, config)  # raises past the pixel limit
-    return EncodedJpeg(path, data, length, header)
+    return EncodedJpeg(path, data, length, header, hash_if_asked(path, config, data))
 
 
 def decode_jpegs(files: Sequence[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:
@@ -229,14 +231,15 @@ def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def to_model_pixels(images: Sequence[torch.Tensor], preprocess: Preprocess) -> torch.Tensor:
-    """uint8 (B, S, S, 3) on the CPU: each (3, H, W) photo resized and cropped as the model's
-    tensor preprocessing does, kept as uint8 like the Pillow path's output (channel-last, as
-    Pillow lays it out, so the encoder's staging copy stays a plain copy)."""
+    """uint8 (B, S, S, 3) on the photos' device: each (3, H, W) photo resized and cropped as the
+    model's tensor preprocessing does, kept as uint8 like the Pillow path's output (channel-last,
+    as Pillow lays it out, so the encoder's batching stays a plain copy). On a GPU the photos
+    stay there: the encoder stacks them where the model runs, with no trip through the host."""
     parts = [
         preprocess.resize_batch(images[start : start + _RESIZE_CHUNK])  # uint8 (b, 3, S, S)
         for start in range(0, len(images), _RESIZE_CHUNK)
     ]
-    return torch.cat(parts).permute(0, 2, 3, 1).contiguous().cpu()  # (B, S, S, 3)
+    return torch.cat(parts).permute(0, 2, 3, 1).contiguous()  # (B, S, S, 3)
 
 
 class ChunkDecoder:
@@ -258,6 +261,10 @@ class ChunkDecoder:
             # no_grad, not inference_mode: the images leave as ordinary tensors, as Pillow's do.
             with torch.no_grad(), stream:
                 self._decode_on_device([items[i] for i in jpegs], jpegs, results)
+            if self.stream is not None:
+                # The photos are read on the model's stream next: wait here, on this thread,
+                # until they are written (the GIL is released while waiting).
+                self.stream.synchronize()
         for index, result in enumerate(results):
             if result is None:  # decode_jpeg rejected it: the Pillow path decides
                 prepare = self.preprocess.resize_for_model
@@ -289,7 +296,7 @@ class ChunkDecoder:
                 header.taken_at,
                 header.camera,
             )
-            results[slot] = DecodeResult(file.path, image, None)
+            results[slot] = DecodeResult(file.path, image, None, file.content_hash)
 
 
 def decode_all_on_device(

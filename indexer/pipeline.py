@@ -27,7 +27,6 @@ import torch
 
 from coca.identity import model_identity
 from indexer.decode import DecodeConfig, DecodedImage, DecodeResult
-from indexer.deferred_hashes import DeferredHashes
 from indexer.encode import BatchEncoder, EncodeConfig
 from indexer.gpu_decode import decode_for_model, resolve_decoder
 from indexer.scan import FoundFile, ScanDiff, diff_library, walk_images
@@ -69,11 +68,14 @@ class StageTimes:
 
     open_index: float = 0.0  # loading (or rebuilding) the vector index
     scan: float = 0.0  # walk, diff against the catalog, removals and moves
-    decode_wait: float = 0.0  # the model waiting for decoded images
-    model: float = 0.0  # vision pass + caption decoding (synchronised), as the host waits for it
+    # The three stages run on their own threads and overlap: the indexing thread gathers
+    # decoded images, the model thread runs the model, the commit thread writes the catalog.
+    decode_wait: float = 0.0  # the indexing thread waiting for decoded images
+    model_wait: float = 0.0  # the indexing thread waiting for the model thread to take a batch
+    model: float = 0.0  # model thread: vision pass + captions + copies back, synchronised
     model_device: float = 0.0  # the device's span over the model's kernels (CUDA events)
-    commit: float = 0.0  # catalog transactions and index updates (in the commit thread)
-    commit_wait: float = 0.0  # the model waiting for the previous commit to finish
+    commit: float = 0.0  # commit thread: catalog transactions and index updates
+    commit_wait: float = 0.0  # the model thread waiting for the previous commit to finish
     save: float = 0.0  # writing the FAISS file
 
 
@@ -270,7 +272,8 @@ class _Run:
         self.started = time.perf_counter()
         self.last_save = time.perf_counter()
         self.dirty = False
-        self.hashes = DeferredHashes(root, [])  # process() hashes the run's unhashed files
+        self._committer: ThreadPoolExecutor | None = None  # set while _consume runs
+        self._pending_commit: Future[None] | None = None  # the last batch given to it
 
     def process(self, work: list[WorkItem]) -> None:
         self.total = len(work)
@@ -279,58 +282,74 @@ class _Run:
             self.config.decode,
             image_size=self.model.preprocess.image_size,
             prefetch=max(self.config.decode.prefetch, 2 * self.config.encode.batch_size),
+            # The scan hashed only files that could be moves; the decode workers hash the rest
+            # as they read them, for the catalog (a later run finds a moved file by its hash).
+            hash_files=True,
         )
         paths = (self.root / item.file.relative_path for item in work)
-        unhashed = (item.file for item in work if item.content_hash is None)
-        self.hashes = DeferredHashes(self.root, unhashed)
         results = decode_for_model(paths, decode_config, self.model.preprocess, self.encoder.device)
         try:
             self._consume(work, results)
         finally:
             results.close()  # on any exit (Ctrl-C too) stop the decode workers promptly
-            self.hashes.close()
         if self.dirty or not self.config.index_path.exists():
             self._save_index()
 
     def _consume(self, work: list[WorkItem], results: Iterator[DecodeResult]) -> None:
-        """Group decoded images into batches; each batch is encoded here and committed there."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as committer:
-            pending: Future[None] | None = None
+        """Group decoded images into batches and pass them down the model and commit threads.
+
+        This thread gathers batch N+1 while the model thread runs batch N and the commit thread
+        stores batch N-1, so the GPU is not left idle while the host stages, copies back, turns
+        tokens into text or writes rows. At most one batch waits for each thread.
+        """
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as self._committer,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as modeller,
+        ):
+            in_model: Future[None] | None = None
             batch = _Batch()
             for item in work:
                 wait_start = time.perf_counter()
                 result = next(results)
                 self.times["decode_wait"] += time.perf_counter() - wait_start
+                if item.content_hash is None:
+                    item = dataclasses.replace(item, content_hash=result.content_hash)
                 if result.image is None:
                     batch.failures.append((item, result.error or "unknown decode error"))
                 else:
                     batch.items.append(item)
                     batch.images.append(result.image)
                 if len(batch.images) >= self.config.encode.batch_size:
-                    pending = self._hand_over(committer, pending, batch)
+                    in_model = self._hand_over(modeller, in_model, batch)
                     batch = _Batch()
             if batch.images or batch.failures:
-                pending = self._hand_over(committer, pending, batch)
-            self._wait(pending)
+                in_model = self._hand_over(modeller, in_model, batch)
+            self._wait(in_model, "model_wait")
+            self._wait(self._pending_commit, "commit_wait")
 
     def _hand_over(
-        self, committer: ThreadPoolExecutor, pending: Future[None] | None, batch: _Batch
+        self, modeller: ThreadPoolExecutor, in_model: Future[None] | None, batch: _Batch
     ) -> Future[None]:
-        """Encode on this thread while the previous batch commits on the commit thread."""
+        """Give `batch` to the model thread once it has taken the previous one."""
+        self._wait(in_model, "model_wait")  # re-raises a failed batch here, stopping the run
+        return modeller.submit(self._encode_then_commit, batch)
+
+    def _encode_then_commit(self, batch: _Batch) -> None:
+        """Model thread: run the model on a batch, then queue it for the commit thread."""
         pixels = [image.pixels for image in batch.images]  # uint8 (3, S, S) each
         encoded = self.encoder.encode(pixels) if pixels else None
         if encoded is not None:
             self.times["model"] += encoded.gpu_seconds
             self.times["model_device"] += encoded.device_seconds
-        self._wait(pending)
-        return committer.submit(self._commit, batch, encoded)
+        self._wait(self._pending_commit, "commit_wait")  # batches commit in order
+        self._pending_commit = self._committer.submit(self._commit, batch, encoded)
 
-    def _wait(self, pending: Future[None] | None) -> None:
+    def _wait(self, pending: Future[None] | None, waited: str) -> None:
         if pending is None:
             return
         start = time.perf_counter()
-        pending.result()  # re-raises a failed commit here, stopping the run
-        self.times["commit_wait"] += time.perf_counter() - start
+        pending.result()  # re-raises a failed model run or commit in the waiting thread
+        self.times[waited] += time.perf_counter() - start
 
     def _commit(self, batch: _Batch, encoded) -> None:  # noqa: ANN001 - EncodedBatch | None
         start = time.perf_counter()
@@ -346,7 +365,7 @@ class _Run:
                 item.file.size,
                 item.file.mtime_ns,
                 message[:2000],
-                self._content_hash(item),
+                item.content_hash,
             )
             self.index.remove([image_id])  # a changed file that now fails loses its old vector
             logger.warning("%s: %s", item.file.relative_path, message)
@@ -383,16 +402,13 @@ class _Run:
             path=item.file.relative_path,
             size=item.file.size,
             mtime_ns=item.file.mtime_ns,
-            content_hash=self._content_hash(item),
+            content_hash=item.content_hash,
             width=image.width,
             height=image.height,
             format=image.format,
             taken_at=image.taken_at,
             camera=image.camera,
         )
-
-    def _content_hash(self, item: WorkItem) -> str | None:
-        return item.content_hash or self.hashes.get(item.file.relative_path)
 
     def _save_index(self) -> None:
         start = time.perf_counter()

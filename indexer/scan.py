@@ -144,9 +144,9 @@ def diff_library(
 
     Only files that could be moves are hashed here (by `workers` threads; file reads and blake2b
     release the GIL): the arrivals, and only when some vanished row has a hash to match. Every
-    other new or changed file is hashed by the pipeline beside decoding (`DeferredHashes`), so a
-    first index of a large library does not wait for a hashing pass before the first photo is
-    decoded (39 % of the wall clock of a 20,480-photo GPU run).
+    other new or changed file is hashed by the decode worker that reads it
+    (`DecodeConfig.hash_files`), so a first index of a large library does not wait for a hashing
+    pass before the first photo is decoded (39 % of the wall clock of a 20,480-photo GPU run).
     """
     diff = ScanDiff()
     unseen = dict(known)

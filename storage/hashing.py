@@ -18,9 +18,29 @@ def content_hash(path: str | Path) -> str:
     """
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
-        digest = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
-        digest.update(handle.read(EDGE_BYTES))
+        head = handle.read(EDGE_BYTES)
+        tail = b""
         if size > EDGE_BYTES:
-            handle.seek(max(EDGE_BYTES, size - EDGE_BYTES))
-            digest.update(handle.read(EDGE_BYTES))
+            handle.seek(_tail_start(size))
+            tail = handle.read(EDGE_BYTES)
+    return _digest(size, head, tail)
+
+
+def content_hash_of_bytes(data: bytes | bytearray | memoryview) -> str:
+    """content_hash of a file whose whole content is `data` (already read, so no second read)."""
+    size = len(data)
+    tail = data[_tail_start(size) : _tail_start(size) + EDGE_BYTES] if size > EDGE_BYTES else b""
+    return _digest(size, data[:EDGE_BYTES], tail)
+
+
+def _tail_start(size: int) -> int:
+    return max(EDGE_BYTES, size - EDGE_BYTES)  # the tail never overlaps the head
+
+
+def _digest(
+    size: int, head: bytes | bytearray | memoryview, tail: bytes | bytearray | memoryview
+) -> str:
+    digest = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
+    digest.update(head)
+    digest.update(tail)
     return digest.hexdigest()

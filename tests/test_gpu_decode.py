@@ -41,6 +41,7 @@ from indexer.gpu_decode import (
     read_jpeg_or_decode,
     resolve_decoder,
 )
+from storage.hashing import content_hash
 from tests.indexer_support import make_bad_corpus, noise_image
 
 CPU = torch.device("cpu")
@@ -108,7 +109,13 @@ def test_gpu_decode_gives_the_pillow_outcome_for_every_file(
     paths = _all_paths(tmp_path)
     preprocess = Preprocess(PreprocessConfig(image_size=32))
     config = DecodeConfig(
-        image_size=32, workers=2, backend=backend, chunk_size=3, prefetch=8, gpu_batch_size=5
+        image_size=32,
+        workers=2,
+        backend=backend,
+        chunk_size=3,
+        prefetch=8,
+        gpu_batch_size=5,
+        hash_files=True,
     )
     pillow = list(decode_all(paths, config, preprocess.resize_for_model))
     tensor = list(decode_all_on_device(paths, config, preprocess, CPU))
@@ -116,6 +123,10 @@ def test_gpu_decode_gives_the_pillow_outcome_for_every_file(
     assert sum(r.image is None for r in tensor) >= 5  # the corpus's bad files stay errors
     for by_pillow, by_tensor in zip(pillow, tensor, strict=True):
         assert by_tensor.error == by_pillow.error, by_pillow.path
+        # Hashed from the bytes the worker read (JPEGs) or from the file (the rest): the same.
+        assert by_tensor.content_hash == by_pillow.content_hash, by_pillow.path
+        if by_pillow.content_hash is not None:
+            assert by_pillow.content_hash == content_hash(by_pillow.path)
         if by_pillow.image is None:
             assert by_tensor.image is None, by_pillow.path
             continue

@@ -110,7 +110,7 @@ def test_pipeline_indexes_a_library_with_bad_files(library: Library) -> None:
 def test_pipeline_stores_content_hashes_computed_beside_decoding(library: Library) -> None:
     write_library(library.photos, 6)
     make_bad_corpus(library.photos / "bad")
-    library.index()  # no vanished rows: the scan hashes nothing, DeferredHashes does it all
+    library.index()  # no vanished rows: the scan hashes nothing, the decode workers do
     known = library.catalog.known_files(library.root_key)
     readable = 0
     for path, row in known.items():
@@ -257,3 +257,54 @@ def test_pipeline_refuses_a_second_indexer_on_the_same_data(library: Library) ->
 def test_pipeline_rejects_a_missing_photo_folder(library: Library) -> None:
     with pytest.raises(NotADirectoryError):
         library.index()
+
+
+def test_pipeline_model_failure_stops_the_run_and_the_next_run_finishes_in_order(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model runs on its own thread: its error still stops the run (batches before it stay
+    committed), and rows get their own image's vector whatever the threads' timing."""
+    write_library(library.photos, 14)
+    model = library.model
+    real = model.encode_image_with_tokens
+    calls = {"n": 0}
+
+    def failing_on_third_batch(pixels: torch.Tensor):  # noqa: ANN202 - the model's own type
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+        return real(pixels)
+
+    monkeypatch.setattr(model, "encode_image_with_tokens", failing_on_third_batch)
+    with pytest.raises(RuntimeError, match="simulated"):
+        library.index()  # batches of 4: two commit, the third fails
+    model_id = register_model(library.catalog, model)
+    ids, _ = library.catalog.load_embeddings(model_id)
+    assert len(ids) == 8
+    monkeypatch.setattr(model, "encode_image_with_tokens", real)
+    summary = library.index()
+    assert summary.indexed == 6 and summary.errors == 0
+    library.assert_consistent()
+    ids, vectors = library.catalog.load_embeddings(model_id)
+    by_id = dict(zip(ids.tolist(), vectors, strict=True))
+    paths = sorted(library.paths().items())
+    with torch.inference_mode():
+        expected = torch.cat(
+            [
+                model.encode_image(model.preprocess(_open_rgb(library.photos / p))[None])
+                for p, _ in paths
+            ]
+        ).numpy()
+    stored = np.stack([by_id[image_id] for _, image_id in paths])
+    # JPEG draft decoding moves the indexer's vectors slightly off model.preprocess's; each row
+    # must still be nearest to its own photo's vector.
+    similarity = stored @ expected.T
+    assert (similarity.argmax(axis=1) == np.arange(len(paths))).all()
+    assert similarity.diagonal().min() > 0.99
+
+
+def _open_rgb(path: Path):  # noqa: ANN202 - PIL.Image.Image
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")

@@ -143,17 +143,24 @@ def test_scan_hashes_nothing_when_no_vanished_row_could_match(tmp_path: Path) ->
     assert len(diff.new) == 8 and not diff.moved and not diff.hashes and not calls
 
 
-def test_deferred_hashes_equal_the_scan_hash_and_skip_unreadable_files(tmp_path: Path) -> None:
-    from indexer.deferred_hashes import DeferredHashes
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_decode_workers_hash_files_as_the_scan_does(tmp_path: Path, backend: str) -> None:
+    from indexer.decode import DecodeConfig, decode_all
 
-    write_library(tmp_path, 6)
-    files = list(walk_images(tmp_path))
-    (tmp_path / files[2].relative_path).unlink()  # listed, then gone before it is hashed
-    hashes = DeferredHashes(tmp_path, files, workers=3)
-    try:
-        for i, file in enumerate(files):
-            expected = None if i == 2 else content_hash(tmp_path / file.relative_path)
-            assert hashes.get(file.relative_path) == expected
-        assert hashes.get("not/asked.jpg") is None
-    finally:
-        hashes.close()
+    write_library(tmp_path, 5)
+    corpus = make_bad_corpus(tmp_path / "bad")
+    paths = [tmp_path / f.relative_path for f in walk_images(tmp_path)]
+    assert len(paths) >= 5 + len(corpus) // 2
+    config = DecodeConfig(image_size=32, workers=2, backend=backend, chunk_size=3, hash_files=True)
+    results = list(decode_all(paths, config))
+    errors = 0
+    for path, result in zip(paths, results, strict=True):
+        try:
+            expected = content_hash(path)
+        except OSError:
+            expected = None  # unreadable: no hash, and decoding records why
+        assert result.content_hash == expected, path
+        errors += result.image is None
+    assert errors >= 5  # failed files keep their hash too (the catalog stores it with the error)
+    unasked = list(decode_all(paths[:3], DecodeConfig(image_size=32, workers=2)))
+    assert [r.content_hash for r in unasked] == [None] * 3

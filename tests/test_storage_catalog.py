@@ -19,6 +19,7 @@ from storage import (
     content_hash,
     open_catalog,
 )
+from storage.hashing import content_hash_of_bytes
 
 DIM = 4
 ROOT = "/photos"
@@ -233,6 +234,14 @@ def test_storage_content_hash_reads_size_head_and_tail(tmp_path: Path) -> None:
     hashes = [content_hash(tmp_path / name) for name in "abcd"]
     assert hashes[0] == hashes[1] and hashes[0] != hashes[2] and len(hashes[0]) == 32
     assert hashes[3] != hashes[0]
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, 65_536, 65_537, 100_000, 131_072, 131_073, 300_000])
+def test_storage_content_hash_of_bytes_equals_the_file_hash(tmp_path: Path, size: int) -> None:
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    (tmp_path / "f").write_bytes(data)
+    assert content_hash_of_bytes(data) == content_hash(tmp_path / "f")
+    assert content_hash_of_bytes(bytearray(data)) == content_hash(tmp_path / "f")
 
 
 def test_storage_catalog_known_files_loads_100k_rows_fast(catalog: Catalog) -> None:
