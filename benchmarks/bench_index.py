@@ -172,7 +172,6 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         encode=EncodeConfig(
             batch_size=args.batch_size, captions=not args.no_captions, decoding=decoding
         ),
-        switch_interval_s=args.switch_interval_ms / 1000 if args.switch_interval_ms else None,
     )
     if args.warmup:
         warm(model, config)
@@ -203,9 +202,6 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         "decode_backend": "processes" if config.decode.uses_processes() else "threads",
         "decoder": summary.decoder,
         "torch_threads": torch.get_num_threads(),
-        "switch_interval_ms": round(
-            1000 * (config.switch_interval_s or sys.getswitchinterval()), 3
-        ),
         "captions": not args.no_captions,
         "caption_tokens": args.caption_tokens,
         "images_per_second": summary.images_per_second,
@@ -384,9 +380,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--weights", choices=sorted(WEIGHTS), default="fp32")
     parser.add_argument("--decode-backend", choices=BACKENDS, default="auto")
     parser.add_argument("--decode", choices=DECODERS, default="auto", help="JPEG decoder")
-    parser.add_argument(
-        "--switch-interval-ms", type=float, default=0.0, help="GIL switch interval (0: as index)"
-    )
     parser.add_argument("--grain", type=float, default=6.0, help="photo grain (std, 0..255)")
     parser.add_argument("--photos", type=Path, default=None, help="library folder, kept")
     parser.add_argument("--decode-only-count", type=int, default=0, help="also time decode alone")

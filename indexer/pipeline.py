@@ -16,7 +16,6 @@ import dataclasses
 import fcntl
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,11 +60,6 @@ class IndexConfig:
     # catalog, while saving a large index after every batch would dominate the run.
     save_index_every_s: float = 120.0
     vectors: VectorIndexConfig = field(default_factory=VectorIndexConfig)
-    # Python's GIL switch interval during the run (None: leave it as it is, 5 ms by default).
-    # The model, commit and decode threads each release the GIL many times a batch (a CUDA
-    # sync, every SQLite row of an executemany) and must wait up to this long to take it back
-    # while another thread runs Python, so the default stretches the threads' work.
-    switch_interval_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +152,7 @@ def run_index(
     # Resolved before any work, so --decode gpu where it cannot run fails at once.
     decoder = resolve_decoder(config.decode.decoder, next(model.parameters()).device)
     config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, decoder=decoder))
-    with _exclusive(config.index_path), _switch_interval(config.switch_interval_s):
+    with _exclusive(config.index_path):
         open_start = time.perf_counter()
         index = open_or_rebuild(catalog, model_id, config.index_path, config.vectors)
         scan_start = time.perf_counter()
@@ -214,20 +208,6 @@ def _exclusive(index_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(handle)
-
-
-@contextmanager
-def _switch_interval(seconds: float | None) -> Iterator[None]:
-    """sys.setswitchinterval(seconds) while the run lasts (nothing when None)."""
-    if seconds is None:
-        yield
-        return
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 def _apply_removals(catalog: Catalog, index: VectorIndex, diff: ScanDiff) -> int:
