@@ -142,11 +142,13 @@ class BatchEncoder:
             return torch.stack(channels_last).permute(0, 3, 1, 2)
         on_device = [image.device == self.device for image in images]
         if any(on_device):  # decoded on the GPU (indexer.gpu_decode); Pillow's few come over
+            # Decoded on the decoder's stream: tell the allocator this stream reads the photos,
+            # so their memory is not handed back to the decoder before the copy has run. The
+            # photos are views of a few decoded chunks: one call per chunk's memory.
             stream = torch.cuda.current_stream(self.device)
-            for image, there in zip(images, on_device, strict=True):
-                if there:
-                    # Decoded on the decoder's stream: tell the allocator this stream reads the
-                    # photo, so its memory is not handed back to the decoder before the copy ran.
+            chunks = {image.untyped_storage().data_ptr(): image for image in images}
+            for image in chunks.values():
+                if image.device == self.device:
                     image.record_stream(stream)
             moved = [image.to(self.device) for image in channels_last]  # no-op when there
             return torch.stack(moved).permute(0, 3, 1, 2)

@@ -1,12 +1,13 @@
 """Decode JPEGs on the GPU with nvJPEG (torchvision), for indexing faster than the CPU decodes.
 
-Why: on a 16-core H100 host, Pillow (draft mode, 14 worker processes) decodes about 1,500
-1024x768 photos a second, less than the B-32 model indexes. On this path the decode workers
-(`indexer.decode.map_files`: threads or processes) only read each file's bytes and its header
-(size, EXIF orientation, time, camera; no pixels), and one background thread hands batches of
-JPEG bytes to `torchvision.io.decode_jpeg(list, device=...)` (batched nvJPEG, on the hardware JPEG
-decoder of an A100/H100 for baseline JPEGs), turns each photo upright on the tensor and shrinks
-the batch to the model's S x S input with the model's own tensor preprocessing.
+Why: on a 16-core H100 host, Pillow (draft mode, 14 worker processes) decodes about 1,400
+1024x768 photos a second, less than the B-32 model indexes; nvJPEG alone decodes ~10,000. On this
+path the decode workers (`indexer.decode.map_files`: threads or processes) only read each file's
+header (size, EXIF orientation, time, camera; no pixels) and hash it, and one background thread
+reads the JPEG bytes (worker threads hand theirs over; worker processes do not pipe them) and
+hands them in batches to `torchvision.io.decode_jpeg(list, device=...)` (batched nvJPEG), turns
+each photo upright on the tensor and shrinks the batch to the model's S x S input with the model's
+own tensor preprocessing. The photos stay on the GPU for the model.
 
 Every other file takes the Pillow path of `indexer.decode`, one by one, so it ends exactly as on
 the CPU path (the same image, or the same error message): non-JPEGs; CMYK and other modes nvJPEG
@@ -23,6 +24,7 @@ not Pillow's (tests/test_gpu_decode.py states the tolerance).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
@@ -78,11 +80,28 @@ class EncodedJpeg:
     """A JPEG file's bytes and header, read by a decode worker, waiting for the GPU decoder."""
 
     path: Path
-    # The whole file; writable, so torch.frombuffer shares it without a warning.
-    data: bytearray = field(repr=False)
+    # The whole file; writable, so torch.frombuffer shares it without a warning. None when a
+    # worker process read it: the decode thread reads it again (`with_data`) rather than have
+    # ~200 KB a photo pickled through the pool's pipe, which its manager thread reads under the
+    # GIL (half of that thread's time in a 20,480-photo H100 run).
+    data: bytearray | None = field(repr=False)
     length: int  # bytes up to and including the image's end marker (a trailer is dropped)
     header: ImageHeader
     content_hash: str | None = None  # of the whole file, with DecodeConfig.hash_files
+    file_size: int = 0  # bytes in the file when the worker read it
+
+    def with_data(self) -> EncodedJpeg | None:
+        """This JPEG with its bytes, read again when a worker process dropped them; None when
+        the file changed since the worker read its header (then Pillow decides, from scratch)."""
+        if self.data is not None:
+            return self
+        try:
+            data = _read_file(self.path)
+        except OSError:
+            return None
+        if len(data) != self.file_size or jpeg_length(data) != self.length:
+            return None
+        return dataclasses.replace(self, data=data)
 
 
 DecodeItem = EncodedJpeg | DecodeResult
@@ -168,6 +187,12 @@ def read_jpeg_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> D
     return jpeg if jpeg is not None else decode_or_error(path, config, prepare)
 
 
+def read_jpeg_header_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
+    """read_jpeg_or_decode for a worker process: the JPEG's header without its bytes."""
+    item = read_jpeg_or_decode(path, config, prepare)
+    return dataclasses.replace(item, data=None) if isinstance(item, EncodedJpeg) else item
+
+
 def _read_file(path: Path) -> bytearray:
     with open(path, "rb") as handle:
         data = bytearray(os.fstat(handle.fileno()).st_size)
@@ -188,7 +213,8 @@ def _inspect_jpeg(path: Path, data: bytearray, config: DecodeConfig) -> EncodedJ
         if image.format not in _JPEG_FORMATS or image.mode not in _RGB_MODES:
             return None
         header = read_header(image, config)  # raises past the pixel limit
-    return EncodedJpeg(path, data, length, header, hash_if_asked(path, config, data))
+    digest = hash_if_asked(path, config, data)
+    return EncodedJpeg(path, data, length, header, digest, len(data))
 
 
 def decode_jpegs(files: Sequence[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:
@@ -274,6 +300,11 @@ class ChunkDecoder:
     def _decode_on_device(
         self, files: list[EncodedJpeg], slots: list[int], results: list[DecodeResult | None]
     ) -> None:
+        read = [(slot, file.with_data()) for slot, file in zip(slots, files, strict=True)]
+        slots = [slot for slot, file in read if file is not None]  # changed files go to Pillow
+        files = [file for _, file in read if file is not None]
+        if not files:
+            return
         upright: list[tuple[int, EncodedJpeg, torch.Tensor]] = []
         for slot, file, pixels in zip(slots, files, decode_jpegs(files, self.device), strict=True):
             if pixels is None:
@@ -308,7 +339,8 @@ def decode_all_on_device(
     `config.gpu_batch_size` and keeps about `config.prefetch` images ready, so decoding goes on
     while the caller runs the model.
     """
-    items = map_files(paths, config, preprocess.resize_for_model, read_jpeg_or_decode)
+    work = read_jpeg_header_or_decode if config.uses_processes() else read_jpeg_or_decode
+    items = map_files(paths, config, preprocess.resize_for_model, work)
     decoder = ChunkDecoder(config, preprocess, device)
     chunks = (decoder.decode(chunk) for chunk in _chunked(items, config.gpu_batch_size))
     capacity = max(1, -(-config.prefetch // config.gpu_batch_size))

@@ -320,3 +320,29 @@ def test_gpu_decode_errors_reach_the_caller(
     with pytest.raises(MemoryError, match="simulated"):
         list(decode_all_on_device(paths, config, Preprocess(), CPU))
     assert not [t for t in threading.enumerate() if t.name == "gpu-decode"]
+
+
+def test_worker_processes_send_headers_and_the_decode_thread_rereads_the_bytes(
+    tmp_path: Path, torchvision: object
+) -> None:
+    from indexer.gpu_decode import ChunkDecoder, read_jpeg_header_or_decode
+
+    paths = _jpeg_corpus(tmp_path)[:4]
+    preprocess = Preprocess(PreprocessConfig(image_size=32))
+    config = DecodeConfig(image_size=32, hash_files=True)
+    items = [read_jpeg_header_or_decode(p, config, preprocess.resize_for_model) for p in paths]
+    assert all(isinstance(item, EncodedJpeg) and item.data is None for item in items)
+    expected = [read_jpeg_or_decode(p, config, preprocess.resize_for_model) for p in paths]
+    # The file behind item 1 changes after its header was read: Pillow decodes the new content.
+    paths[1].write_bytes(_photo(size=(48, 40)))
+    results = ChunkDecoder(config, preprocess, CPU).decode(items)
+    assert results[1].image is not None and (results[1].image.width, results[1].image.height) == (
+        48,
+        40,
+    )
+    assert results[1].content_hash == content_hash(paths[1])  # the new content's hash
+    for index in (0, 2, 3):
+        reread = ChunkDecoder(config, preprocess, CPU).decode([expected[index]])[0]
+        assert results[index].image is not None and reread.image is not None
+        assert torch.equal(results[index].image.pixels, reread.image.pixels)
+        assert results[index].content_hash == content_hash(paths[index])
