@@ -94,7 +94,8 @@ def index_command(
         typer.Option(
             "--decode",
             help="Where JPEGs are decoded: auto (the GPU with nvJPEG when the model is on "
-            "CUDA and torchvision can), cpu or gpu.",
+            "CUDA, torchvision can, and fewer than 12 decode workers run: with more, Pillow "
+            "keeps up), cpu or gpu.",
         ),
     ] = "auto",
 ) -> None:

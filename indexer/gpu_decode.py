@@ -107,9 +107,21 @@ class EncodedJpeg:
 DecodeItem = EncodedJpeg | DecodeResult
 
 
-def resolve_decoder(choice: str, device: torch.device) -> str:
-    """The decoder for a model on `device`, "cpu" or "gpu"; "gpu" where it cannot run raises."""
+# From this many decode workers up, "auto" decodes with Pillow even where nvJPEG works. Measured
+# on an H100 host (1024x768 JPEGs, BENCHMARKS.md section 4): with 14 Pillow processes on 16 cores
+# the CPU path indexed faster (B-32 1,362 against 936 images/s; L-14 891 against 526, where the
+# model and nvJPEG share the GPU); restricted to 8 cores with 6 workers, nvJPEG won for B-32 (902
+# against 622) and L-14 was even (516 against 542).
+CPU_DECODE_WORKERS = 12
+
+
+def resolve_decoder(choice: str, device: torch.device, workers: int = 1) -> str:
+    """The decoder for a model on `device` with `workers` decode workers, "cpu" or "gpu";
+    "gpu" where it cannot run raises. "auto" takes the GPU when nvJPEG works there and fewer
+    than CPU_DECODE_WORKERS Pillow workers would decode."""
     if choice == "cpu":
+        return "cpu"
+    if choice == "auto" and workers >= CPU_DECODE_WORKERS:
         return "cpu"
     reason = _unavailable_reason(device)
     if choice == "auto":

@@ -150,7 +150,8 @@ def run_index(
         raise NotADirectoryError(f"{config.photos_dir} is not a folder; pass your photo folder")
     model_id = register_model(catalog, model)
     # Resolved before any work, so --decode gpu where it cannot run fails at once.
-    decoder = resolve_decoder(config.decode.decoder, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    decoder = resolve_decoder(config.decode.decoder, device, config.decode.workers)
     config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, decoder=decoder))
     with _exclusive(config.index_path):
         open_start = time.perf_counter()

@@ -268,6 +268,10 @@ def test_resolve_decoder_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu_decode, "probe_decode_jpeg", lambda device: None)
     assert resolve_decoder("auto", torch.device("cuda")) == "gpu"
+    assert resolve_decoder("auto", torch.device("cuda"), workers=11) == "gpu"
+    # Enough Pillow workers decode faster than nvJPEG beside the model (measured on an H100).
+    assert resolve_decoder("auto", torch.device("cuda"), workers=12) == "cpu"
+    assert resolve_decoder("gpu", torch.device("cuda"), workers=14) == "gpu"
     assert resolve_decoder("gpu", torch.device("cuda")) == "gpu"
     monkeypatch.setattr(gpu_decode, "probe_decode_jpeg", lambda device: "no nvJPEG")
     assert resolve_decoder("auto", torch.device("cuda")) == "cpu"

@@ -72,7 +72,9 @@ def test_pipeline_on_the_gpu_path_catalogs_files_as_the_pillow_path(
     (photos / "rotated_copy.jpg").write_bytes(rotated_jpeg_bytes())
     cpu_summary, cpu_rows, cpu_vectors = _index(photos, tmp_path / "data_cpu", model)
     # The model is on the CPU, where "auto" picks Pillow: force the batched tensor path.
-    monkeypatch.setattr(indexer.pipeline, "resolve_decoder", lambda choice, device: "gpu")
+    monkeypatch.setattr(
+        indexer.pipeline, "resolve_decoder", lambda choice, device, workers=1: "gpu"
+    )
     decoded: list[Path] = []
     original = gpu_decode.decode_jpegs
 
