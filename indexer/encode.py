@@ -141,24 +141,44 @@ class BatchEncoder:
         if self.device.type != "cuda":
             return torch.stack(channels_last).permute(0, 3, 1, 2)
         on_device = [image.device == self.device for image in images]
-        if any(on_device):  # decoded on the GPU (indexer.gpu_decode); Pillow's few come over
-            # Decoded on the decoder's stream: tell the allocator this stream reads the photos,
-            # so their memory is not handed back to the decoder before the copy has run. The
+        if any(on_device):  # decoded on the GPU (indexer.gpu_decode), some maybe by Pillow
+            # Decoded on the decoder's streams: tell the allocator this stream reads the photos,
+            # so their memory is not handed back to a decoder before the copy has run. The
             # photos are views of a few decoded chunks: one call per chunk's memory.
             stream = torch.cuda.current_stream(self.device)
             chunks = {image.untyped_storage().data_ptr(): image for image in images}
             for image in chunks.values():
                 if image.device == self.device:
                     image.record_stream(stream)
-            moved = [image.to(self.device) for image in channels_last]  # no-op when there
-            return torch.stack(moved).permute(0, 3, 1, 2)
-        # Reusing one pinned staging buffer avoids a pinned allocation per batch; the copy to the
-        # GPU is asynchronous, so it overlaps with whatever the GPU still has queued.
-        shape = (len(images), *channels_last[0].shape)  # (B, S, S, 3)
-        if self._pinned is None or self._pinned.shape != shape:
+            there = [i for i, flag in enumerate(on_device) if flag]
+            if len(there) == len(images):
+                return torch.stack(channels_last).permute(0, 3, 1, 2)
+            shape = (len(images), *channels_last[0].shape)
+            batch = torch.empty(shape, dtype=torch.uint8, device=self.device)
+            batch[there] = torch.stack([channels_last[i] for i in there])
+            here = [i for i, flag in enumerate(on_device) if not flag]
+            # Pillow's photos (`DecodeConfig.cpu_share`, fallbacks) cross in one staged copy.
+            batch[here] = self._staged([channels_last[i] for i in here])
+            return batch.permute(0, 3, 1, 2)
+        return self._staged(channels_last).permute(0, 3, 1, 2)
+
+    def _staged(self, channels_last: list[torch.Tensor]) -> torch.Tensor:
+        """(S, S, 3) CPU images -> (B, S, S, 3) on the GPU through a pinned staging buffer.
+
+        Reusing one buffer avoids a pinned allocation per batch; the copy to the GPU is
+        asynchronous, so it overlaps with whatever the GPU still has queued (each batch waits
+        for its results before the next one stages, so the buffer is free again by then).
+        """
+        shape = (len(channels_last), *channels_last[0].shape)  # (B, S, S, 3)
+        if (
+            self._pinned is None
+            or self._pinned.shape[1:] != shape[1:]
+            or len(self._pinned) < len(channels_last)
+        ):
             self._pinned = torch.empty(shape, dtype=torch.uint8).pin_memory()
-        torch.stack(channels_last, out=self._pinned)
-        return self._pinned.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        staging = self._pinned[: len(channels_last)]
+        torch.stack(channels_last, out=staging)
+        return staging.to(self.device, non_blocking=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.device.type != "cuda" or not self.config.autocast:

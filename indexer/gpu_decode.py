@@ -31,6 +31,7 @@ import logging
 import os
 import queue
 import threading
+import zlib
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -54,6 +55,7 @@ from indexer.decode import (
     read_header,
     register_heif_opener,
 )
+from indexer.ordered import ordered_map
 
 logger = logging.getLogger(__name__)
 
@@ -190,13 +192,24 @@ def jpeg_length(data: bytes | bytearray) -> int | None:
 
 def read_jpeg_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
     """A decode worker's job on the GPU path: the bytes and header of a JPEG nvJPEG can take,
-    else the Pillow path's result (image or error), so no file is lost or judged differently."""
+    else the Pillow path's result (image or error), so no file is lost or judged differently.
+    Files in `config.cpu_share` are decoded with Pillow here, beside the GPU."""
+    if pillow_takes(path, config.cpu_share):
+        return decode_or_error(path, config, prepare)
     try:
         jpeg = _inspect_jpeg(path, _read_file(path), config)
     except Exception as error:  # noqa: BLE001 - the Pillow path below gives the recorded message
         logger.debug("%s goes to Pillow: %s", path, error)
         jpeg = None
     return jpeg if jpeg is not None else decode_or_error(path, config, prepare)
+
+
+def pillow_takes(path: Path, share: float) -> bool:
+    """Whether `path` is among the `share` of files Pillow decodes on the GPU path: by a hash
+    of the path, so a file takes the same path every run."""
+    if share <= 0.0:
+        return False
+    return zlib.crc32(str(path).encode("utf-8", "surrogateescape")) % 10_000 < share * 10_000
 
 
 def read_jpeg_header_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
@@ -286,8 +299,17 @@ class ChunkDecoder:
 
     def __init__(self, config: DecodeConfig, preprocess: Preprocess, device: torch.device) -> None:
         self.config, self.preprocess, self.device = config, preprocess, device
-        # A side stream: decoding and resizing overlap with the model's work on the default one.
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._local = threading.local()  # each decoding thread's own CUDA stream
+
+    @property
+    def stream(self) -> torch.cuda.Stream | None:
+        """This thread's side stream: decoding and resizing overlap with the model's work on the
+        default stream, and with the other decoding threads' chunks."""
+        if self.device.type != "cuda":
+            return None
+        if getattr(self._local, "stream", None) is None:
+            self._local.stream = torch.cuda.Stream(self.device)
+        return self._local.stream
 
     def decode(self, items: Sequence[DecodeItem]) -> list[DecodeResult]:
         results: list[DecodeResult | None] = [
@@ -295,14 +317,15 @@ class ChunkDecoder:
         ]
         jpegs = [i for i, item in enumerate(items) if isinstance(item, EncodedJpeg)]
         if jpegs:
-            stream = torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
+            side = self.stream
+            stream = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
             # no_grad, not inference_mode: the images leave as ordinary tensors, as Pillow's do.
             with torch.no_grad(), stream:
                 self._decode_on_device([items[i] for i in jpegs], jpegs, results)
-            if self.stream is not None:
+            if side is not None:
                 # The photos are read on the model's stream next: wait here, on this thread,
                 # until they are written (the GIL is released while waiting).
-                self.stream.synchronize()
+                side.synchronize()
         for index, result in enumerate(results):
             if result is None:  # decode_jpeg rejected it: the Pillow path decides
                 prepare = self.preprocess.resize_for_model
@@ -347,14 +370,17 @@ def decode_all_on_device(
 ) -> Generator[DecodeResult, None, None]:
     """`decode_all` with JPEG pixels decoded on `device`; results in input order.
 
-    A background thread pulls the workers' results, decodes them in chunks of
-    `config.gpu_batch_size` and keeps about `config.prefetch` images ready, so decoding goes on
-    while the caller runs the model.
+    A background thread pulls the workers' results in chunks of `config.gpu_batch_size`, has
+    `config.gpu_threads` threads decode them and keeps about `config.prefetch` images ready, so
+    decoding goes on while the caller runs the model.
     """
     work = read_jpeg_header_or_decode if config.uses_processes() else read_jpeg_or_decode
     items = map_files(paths, config, preprocess.resize_for_model, work)
     decoder = ChunkDecoder(config, preprocess, device)
-    chunks = (decoder.decode(chunk) for chunk in _chunked(items, config.gpu_batch_size))
+    threads = config.gpu_threads
+    chunks = ordered_map(
+        decoder.decode, _chunked(items, config.gpu_batch_size), threads, threads, "gpu-decode"
+    )
     capacity = max(1, -(-config.prefetch // config.gpu_batch_size))
     background = _in_background(chunks, items, capacity)
     try:
@@ -414,6 +440,9 @@ def _in_background(
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
             hand_over(_Failure(error))
         finally:
+            close = getattr(produce, "close", None)
+            if close is not None:
+                close()  # a generator's own threads (the decoding threads) stop first
             source.close()
 
     thread = threading.Thread(target=run, name="gpu-decode", daemon=True)

@@ -104,3 +104,24 @@ def test_encode_bf16_weights_take_bf16_inputs_and_report_times(tmp_path: Path) -
     assert half.captions is not None and len(half.captions) == 3
     # On a CPU the device time is the wall time; on CUDA it comes from events around the model.
     assert half.device_seconds == half.gpu_seconds > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="photos on the GPU need a GPU")
+def test_encode_takes_photos_on_the_gpu_mixed_with_cpu_ones(tmp_path: Path) -> None:
+    """GPU-decoded photos (views of decoded chunks) and Pillow's CPU photos in one batch give
+    what the same photos all on the CPU give."""
+    model = coca.load(save_tiny_bundle(tmp_path), device="cuda")
+    size = model.preprocess.image_size
+    images = _images(7, size)
+    chunk = torch.stack([image.permute(1, 2, 0) for image in images[:4]]).cuda()  # (4, S, S, 3)
+    on_gpu = list(chunk.permute(0, 3, 1, 2).unbind(0))
+    mixed = [on_gpu[0], images[4], on_gpu[1], on_gpu[2], images[5], on_gpu[3], images[6]]
+    order = [0, 4, 1, 2, 5, 3, 6]
+    config = EncodeConfig(batch_size=8, decoding=fast_decoding(), autocast=False)
+    encoder = BatchEncoder(model, config)
+    got = encoder.encode(mixed)
+    expected = encoder.encode([images[i] for i in order])
+    np.testing.assert_allclose(got.embeddings, expected.embeddings, atol=1e-5)
+    assert got.captions == expected.captions
+    all_gpu = encoder.encode(on_gpu)
+    np.testing.assert_allclose(all_gpu.embeddings, expected.embeddings[[0, 2, 3, 5]], atol=1e-5)
