@@ -157,7 +157,7 @@ class BatchEncoder:
             batch = torch.empty(shape, dtype=torch.uint8, device=self.device)
             batch[there] = torch.stack([channels_last[i] for i in there])
             here = [i for i, flag in enumerate(on_device) if not flag]
-            # Pillow's photos (`DecodeConfig.cpu_share`, fallbacks) cross in one staged copy.
+            # Photos Pillow decoded (non-JPEGs, nvJPEG's refusals) cross in one staged copy.
             batch[here] = self._staged([channels_last[i] for i in here])
             return batch.permute(0, 3, 1, 2)
         return self._staged(channels_last).permute(0, 3, 1, 2)
