@@ -56,7 +56,12 @@ import storage  # noqa: E402
 from coca.generate import DecodingConfig  # noqa: E402
 from coca.step_graphs import captured_graph_count  # noqa: E402
 from indexer.decode import BACKENDS, DECODERS, DecodeConfig, decode_all  # noqa: E402
-from indexer.encode import EncodeConfig, default_threads, resolve_device  # noqa: E402
+from indexer.encode import (  # noqa: E402
+    EncodeConfig,
+    default_decoding,
+    default_threads,
+    resolve_device,
+)
 from indexer.gpu_decode import decode_for_model  # noqa: E402
 from indexer.pipeline import (  # noqa: E402
     IndexConfig,
@@ -324,6 +329,8 @@ def run_rescan(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     fill_catalog(catalog, model_id, photos, model.config.embed_dim)
     config = IndexConfig(photos_dir=photos, index_path=layout.index_path(model_id))
     first = run_index(config, model, catalog)  # builds and saves the vector index once
+    if first.indexed:
+        raise RuntimeError(f"the filled catalog left {first.indexed} files to index")
     start = time.perf_counter()
     second = run_index(config, model, catalog)
     return {
@@ -338,8 +345,10 @@ def run_rescan(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
 
 
 def fill_catalog(catalog: storage.Catalog, model_id: int, photos: Path, dim: int) -> None:
-    """Catalog every file as if indexed (random unit vectors): what a finished run leaves."""
+    """Catalog every file as if indexed (random unit vectors and a caption each): what a
+    finished run leaves, so the timed run has nothing to (re)do."""
     rng = np.random.default_rng(0)
+    caption = storage.NewCaption("a photo", dataclasses.asdict(default_decoding()))
     root = photos.resolve().as_posix()
     files = list(walk_images(photos))
     for start in range(0, len(files), 5000):
@@ -348,7 +357,9 @@ def fill_catalog(catalog: storage.Catalog, model_id: int, photos: Path, dim: int
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         rows = [
             storage.IndexedFile(
-                storage.ImageMeta(root, f.relative_path, f.size, f.mtime_ns, None), vector
+                storage.ImageMeta(root, f.relative_path, f.size, f.mtime_ns, None),
+                vector,
+                caption,
             )
             for f, vector in zip(chunk, vectors, strict=True)
         ]

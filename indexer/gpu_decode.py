@@ -90,6 +90,7 @@ class EncodedJpeg:
     header: ImageHeader
     content_hash: str | None = None  # of the whole file, with DecodeConfig.hash_files
     file_size: int = 0  # bytes in the file when the worker read it
+    mtime_ns: int = 0  # its modification time then
 
     def with_data(self) -> EncodedJpeg | None:
         """This JPEG with its bytes, read again when a worker process dropped them; None when
@@ -97,12 +98,13 @@ class EncodedJpeg:
         if self.data is not None:
             return self
         try:
-            data = _read_file(self.path)
+            read = _read_file(self.path)
         except OSError:
             return None
-        if len(data) != self.file_size or jpeg_length(data) != self.length:
+        same = (len(read.data), read.mtime_ns) == (self.file_size, self.mtime_ns)
+        if not same or jpeg_length(read.data) != self.length:
             return None
-        return dataclasses.replace(self, data=data)
+        return dataclasses.replace(self, data=read.data)
 
 
 DecodeItem = EncodedJpeg | DecodeResult
@@ -206,16 +208,24 @@ def read_jpeg_header_or_decode(path: Path, config: DecodeConfig, prepare: Prepar
     return dataclasses.replace(item, data=None) if isinstance(item, EncodedJpeg) else item
 
 
-def _read_file(path: Path) -> bytearray:
+@dataclass(frozen=True)
+class _FileBytes:
+    data: bytearray
+    mtime_ns: int  # when it was opened: a file rewritten in place at the same size differs here
+
+
+def _read_file(path: Path) -> _FileBytes:
     with open(path, "rb") as handle:
-        data = bytearray(os.fstat(handle.fileno()).st_size)
+        stat = os.fstat(handle.fileno())
+        data = bytearray(stat.st_size)
         read = handle.readinto(data)
     del data[read:]  # the file shrank while it was read
-    return data
+    return _FileBytes(data, stat.st_mtime_ns)
 
 
-def _inspect_jpeg(path: Path, data: bytearray, config: DecodeConfig) -> EncodedJpeg | None:
+def _inspect_jpeg(path: Path, read: _FileBytes, config: DecodeConfig) -> EncodedJpeg | None:
     """The EncodedJpeg of a JPEG fit for nvJPEG, None when Pillow must decide."""
+    data = read.data
     if not data.startswith(_JPEG_START):
         return None
     length = jpeg_length(data)
@@ -227,7 +237,7 @@ def _inspect_jpeg(path: Path, data: bytearray, config: DecodeConfig) -> EncodedJ
             return None
         header = read_header(image, config)  # raises past the pixel limit
     digest = hash_if_asked(path, config, data)
-    return EncodedJpeg(path, data, length, header, digest, len(data))
+    return EncodedJpeg(path, data, length, header, digest, len(data), read.mtime_ns)
 
 
 def decode_jpegs(files: Sequence[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:
@@ -296,7 +306,11 @@ class ChunkDecoder:
         if self.device.type != "cuda":
             return None
         if getattr(self._local, "stream", None) is None:
-            self._local.stream = torch.cuda.Stream(self.device)
+            # High priority: those streams come from their own pool, so a decoding stream is
+            # never the pooled stream torch.cuda.graph captures the caption step on (with the
+            # default priority the pool of 32 wraps around, and a decode launched on the capture
+            # stream during a capture invalidates it).
+            self._local.stream = torch.cuda.Stream(self.device, priority=-1)
         return self._local.stream
 
     def decode(self, items: Sequence[DecodeItem]) -> list[DecodeResult]:

@@ -71,7 +71,9 @@ class StageTimes:
     # The three stages run on their own threads and overlap: the indexing thread gathers
     # decoded images, the model thread runs the model, the commit thread writes the catalog.
     decode_wait: float = 0.0  # the indexing thread waiting for decoded images
-    model_wait: float = 0.0  # the indexing thread waiting for the model thread to take a batch
+    # The indexing thread waiting for the model thread to take a batch, and at the end for the
+    # last batches to be stored.
+    model_wait: float = 0.0
     model: float = 0.0  # model thread: vision pass + captions + copies back, synchronised
     model_device: float = 0.0  # the device's span over the model's kernels (CUDA events)
     commit: float = 0.0  # commit thread: catalog transactions and index updates
@@ -126,6 +128,9 @@ class _Batch:
     items: list[WorkItem] = field(default_factory=list)
     images: list[DecodedImage] = field(default_factory=list)
     failures: list[tuple[WorkItem, str]] = field(default_factory=list)
+
+
+_NO_PIXELS = torch.empty(0, dtype=torch.uint8)  # a committed batch's photos: metadata only
 
 
 def register_model(catalog: Catalog, model: torch.nn.Module) -> int:
@@ -292,7 +297,7 @@ class _Run:
         try:
             self._consume(work, results)
         finally:
-            results.close()  # on any exit (Ctrl-C too) stop the decode workers promptly
+            results.close()  # on any exit stop the decode workers (a second close is a no-op)
         if self.dirty or not self.config.index_path.exists():
             self._save_index()
 
@@ -307,26 +312,49 @@ class _Run:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as self._committer,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as modeller,
         ):
-            in_model: Future[None] | None = None
-            batch = _Batch()
-            for item in work:
-                wait_start = time.perf_counter()
-                result = next(results)
-                self.times["decode_wait"] += time.perf_counter() - wait_start
-                if item.content_hash is None:
-                    item = dataclasses.replace(item, content_hash=result.content_hash)
-                if result.image is None:
-                    batch.failures.append((item, result.error or "unknown decode error"))
-                else:
-                    batch.items.append(item)
-                    batch.images.append(result.image)
-                if len(batch.images) >= self.config.encode.batch_size:
-                    in_model = self._hand_over(modeller, in_model, batch)
-                    batch = _Batch()
-            if batch.images or batch.failures:
-                in_model = self._hand_over(modeller, in_model, batch)
+            try:
+                in_model = self._gather(work, results, modeller)
+            except BaseException:
+                # Ctrl-C or a failed batch: stop the decode workers now, not after the model
+                # and commit threads have finished the batches they hold.
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()
+                raise
+            # The last batches: the indexing thread waits for them to be stored.
             self._wait(in_model, "model_wait")
-            self._wait(self._pending_commit, "commit_wait")
+            self._wait(self._pending_commit, "model_wait")
+
+    def _gather(
+        self,
+        work: list[WorkItem],
+        results: Iterator[DecodeResult],
+        modeller: ThreadPoolExecutor,
+    ) -> Future[None] | None:
+        """Pair each work item with its decode result and hand full batches to the model."""
+        in_model: Future[None] | None = None
+        batch = _Batch()
+        for item in work:
+            wait_start = time.perf_counter()
+            result = next(results)
+            self.times["decode_wait"] += time.perf_counter() - wait_start
+            if result.path != self.root / item.file.relative_path:
+                # Rows are matched to results by position: a shift would store every later row
+                # with another photo's vector and caption, so stop instead.
+                raise RuntimeError(f"decoder returned {result.path} for {item.file.relative_path}")
+            if item.content_hash is None:
+                item = dataclasses.replace(item, content_hash=result.content_hash)
+            if result.image is None:
+                batch.failures.append((item, result.error or "unknown decode error"))
+            else:
+                batch.items.append(item)
+                batch.images.append(result.image)
+            if len(batch.images) >= self.config.encode.batch_size:
+                in_model = self._hand_over(modeller, in_model, batch)
+                batch = _Batch()
+        if batch.images or batch.failures:
+            in_model = self._hand_over(modeller, in_model, batch)
+        return in_model
 
     def _hand_over(
         self, modeller: ThreadPoolExecutor, in_model: Future[None] | None, batch: _Batch
@@ -339,6 +367,10 @@ class _Run:
         """Model thread: run the model on a batch, then queue it for the commit thread."""
         pixels = [image.pixels for image in batch.images]  # uint8 (3, S, S) each
         encoded = self.encoder.encode(pixels) if pixels else None
+        # The commit needs the photos' metadata only; GPU-decoded pixels are views that keep
+        # their whole decoded chunk alive, so they are let go here.
+        del pixels
+        batch.images = [dataclasses.replace(image, pixels=_NO_PIXELS) for image in batch.images]
         if encoded is not None:
             self.times["model"] += encoded.gpu_seconds
             self.times["model_device"] += encoded.device_seconds

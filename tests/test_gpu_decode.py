@@ -14,6 +14,7 @@ differences on a GPU (not measurable here; benchmarks/bench_index.py reports the
 from __future__ import annotations
 
 import io
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -348,6 +349,10 @@ def test_worker_processes_send_headers_and_the_decode_thread_rereads_the_bytes(
         40,
     )
     assert results[1].content_hash == content_hash(paths[1])  # the new content's hash
+    # Rewritten in place at the same size: told apart by its modification time.
+    stat = paths[3].stat()
+    os.utime(paths[3], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert items[3].with_data() is None and items[2].with_data() is not None
     for index in (0, 2, 3):
         reread = ChunkDecoder(config, preprocess, CPU).decode([expected[index]])[0]
         assert results[index].image is not None and reread.image is not None
