@@ -3,11 +3,12 @@
 Why: on a 16-core H100 host, Pillow (draft mode, 14 worker processes) decodes about 1,400
 1024x768 photos a second, less than the B-32 model indexes; nvJPEG alone decodes ~10,000. On this
 path the decode workers (`indexer.decode.map_files`: threads or processes) only read each file's
-header (size, EXIF orientation, time, camera; no pixels) and hash it, and one background thread
-reads the JPEG bytes (worker threads hand theirs over; worker processes do not pipe them) and
-hands them in batches to `torchvision.io.decode_jpeg(list, device=...)` (batched nvJPEG), turns
-each photo upright on the tensor and shrinks the batch to the model's S x S input with the model's
-own tensor preprocessing. The photos stay on the GPU for the model.
+header (size, EXIF orientation, time, camera; no pixels) and hash it (`indexer.jpeg_files`), and
+`DecodeConfig.gpu_threads` decoding threads take the JPEG bytes (worker threads hand theirs over;
+after worker processes the file is read again rather than piped), hand them in batches to
+`torchvision.io.decode_jpeg(list, device=...)` (batched nvJPEG), turn each photo upright on the
+tensor and shrink the batch to the model's S x S input with the model's own tensor preprocessing.
+The photos stay on the GPU for the model.
 
 Every other file takes the Pillow path of `indexer.decode`, one by one, so it ends exactly as on
 the CPU path (the same image, or the same error message): non-JPEGs; CMYK and other modes nvJPEG
@@ -24,15 +25,13 @@ not Pillow's (tests/test_gpu_decode.py states the tolerance).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import io
 import logging
-import os
 import queue
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import TypeVar
@@ -45,25 +44,20 @@ from indexer.decode import (
     DecodeConfig,
     DecodedImage,
     DecodeResult,
-    ImageHeader,
-    Prepare,
     decode_all,
     decode_or_error,
-    hash_if_asked,
     map_files,
-    read_header,
-    register_heif_opener,
+)
+from indexer.jpeg_files import (
+    DecodeItem,
+    EncodedJpeg,
+    read_jpeg_header_or_decode,
+    read_jpeg_or_decode,
 )
 from indexer.ordered import ordered_map
 
 logger = logging.getLogger(__name__)
 
-_JPEG_START = b"\xff\xd8\xff"  # SOI, then the first marker
-_END_OF_IMAGE = b"\xff\xd9"
-_START_OF_SCAN = 0xDA
-_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no length field
-_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with extra frames; the first is the photo
-_RGB_MODES = ("RGB", "L")  # YCbCr and grey JPEGs; CMYK/YCCK stay with Pillow
 # Photos resized per call: each is a float32 copy of the full-size photo (~9 MB at 1024x768).
 # Few calls matter: every torch call on the decode thread releases and retakes the GIL, which the
 # indexing thread holds while it launches the model's work.
@@ -74,40 +68,6 @@ T = TypeVar("T")
 
 class DecoderUnavailableError(ValueError):
     """GPU decoding was asked for where it cannot run; the message says what to use instead."""
-
-
-@dataclass(frozen=True)
-class EncodedJpeg:
-    """A JPEG file's bytes and header, read by a decode worker, waiting for the GPU decoder."""
-
-    path: Path
-    # The whole file; writable, so torch.frombuffer shares it without a warning. None when a
-    # worker process read it: the decode thread reads it again (`with_data`) rather than have
-    # ~200 KB a photo pickled through the pool's pipe, which its manager thread reads under the
-    # GIL (half of that thread's time in a 20,480-photo H100 run).
-    data: bytearray | None = field(repr=False)
-    length: int  # bytes up to and including the image's end marker (a trailer is dropped)
-    header: ImageHeader
-    content_hash: str | None = None  # of the whole file, with DecodeConfig.hash_files
-    file_size: int = 0  # bytes in the file when the worker read it
-    mtime_ns: int = 0  # its modification time then
-
-    def with_data(self) -> EncodedJpeg | None:
-        """This JPEG with its bytes, read again when a worker process dropped them; None when
-        the file changed since the worker read its header (then Pillow decides, from scratch)."""
-        if self.data is not None:
-            return self
-        try:
-            read = _read_file(self.path)
-        except OSError:
-            return None
-        same = (len(read.data), read.mtime_ns) == (self.file_size, self.mtime_ns)
-        if not same or jpeg_length(read.data) != self.length:
-            return None
-        return dataclasses.replace(self, data=read.data)
-
-
-DecodeItem = EncodedJpeg | DecodeResult
 
 
 # From this many decode workers up, "auto" decodes with Pillow even where nvJPEG works. Measured
@@ -165,79 +125,6 @@ def probe_decode_jpeg(device: str) -> str | None:
     if tuple(pixels.shape) != (3, 8, 16) or not 150 <= red <= 250:
         return f"torchvision.io.decode_jpeg on {device} returned a wrong image"
     return None
-
-
-def jpeg_length(data: bytes | bytearray) -> int | None:
-    """Bytes up to and including the end marker that closes the image's scans; None without one.
-
-    The segments before the first scan are walked by their lengths, so the end marker of an EXIF
-    thumbnail (inside APP1) is skipped; from the scan on, coded data never holds FF D9 (a data
-    byte FF is always followed by 00), so the first FF D9 is the image's end.
-    """
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-        elif marker == _START_OF_SCAN:
-            end = data.find(_END_OF_IMAGE, position)
-            return None if end < 0 else end + len(_END_OF_IMAGE)
-        elif marker in _STANDALONE_MARKERS:
-            position += 2
-        else:
-            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-    return None
-
-
-def read_jpeg_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
-    """A decode worker's job on the GPU path: the bytes and header of a JPEG nvJPEG can take,
-    else the Pillow path's result (image or error), so no file is lost or judged differently."""
-    try:
-        jpeg = _inspect_jpeg(path, _read_file(path), config)
-    except Exception as error:  # noqa: BLE001 - the Pillow path below gives the recorded message
-        logger.debug("%s goes to Pillow: %s", path, error)
-        jpeg = None
-    return jpeg if jpeg is not None else decode_or_error(path, config, prepare)
-
-
-def read_jpeg_header_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
-    """read_jpeg_or_decode for a worker process: the JPEG's header without its bytes."""
-    item = read_jpeg_or_decode(path, config, prepare)
-    return dataclasses.replace(item, data=None) if isinstance(item, EncodedJpeg) else item
-
-
-@dataclass(frozen=True)
-class _FileBytes:
-    data: bytearray
-    mtime_ns: int  # when it was opened: a file rewritten in place at the same size differs here
-
-
-def _read_file(path: Path) -> _FileBytes:
-    with open(path, "rb") as handle:
-        stat = os.fstat(handle.fileno())
-        data = bytearray(stat.st_size)
-        read = handle.readinto(data)
-    del data[read:]  # the file shrank while it was read
-    return _FileBytes(data, stat.st_mtime_ns)
-
-
-def _inspect_jpeg(path: Path, read: _FileBytes, config: DecodeConfig) -> EncodedJpeg | None:
-    """The EncodedJpeg of a JPEG fit for nvJPEG, None when Pillow must decide."""
-    data = read.data
-    if not data.startswith(_JPEG_START):
-        return None
-    length = jpeg_length(data)
-    if length is None:
-        return None
-    register_heif_opener()  # as the Pillow path does, so Image.open sees the same formats
-    with Image.open(io.BytesIO(data)) as image:  # parses the header; no pixel is decoded
-        if image.format not in _JPEG_FORMATS or image.mode not in _RGB_MODES:
-            return None
-        header = read_header(image, config)  # raises past the pixel limit
-    digest = hash_if_asked(path, config, data)
-    return EncodedJpeg(path, data, length, header, digest, len(data), read.mtime_ns)
 
 
 def decode_jpegs(files: Sequence[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:

@@ -35,13 +35,11 @@ from indexer.decode import (
 )
 from indexer.gpu_decode import (
     DecoderUnavailableError,
-    EncodedJpeg,
     decode_all_on_device,
-    jpeg_length,
     orient,
-    read_jpeg_or_decode,
     resolve_decoder,
 )
+from indexer.jpeg_files import EncodedJpeg, jpeg_length, read_jpeg_or_decode
 from storage.hashing import content_hash
 from tests.indexer_support import make_bad_corpus, noise_image
 
@@ -333,7 +331,8 @@ def test_gpu_decode_errors_reach_the_caller(
 def test_worker_processes_send_headers_and_the_decode_thread_rereads_the_bytes(
     tmp_path: Path, torchvision: object
 ) -> None:
-    from indexer.gpu_decode import ChunkDecoder, read_jpeg_header_or_decode
+    from indexer.gpu_decode import ChunkDecoder
+    from indexer.jpeg_files import read_jpeg_header_or_decode
 
     paths = _jpeg_corpus(tmp_path)[:4]
     preprocess = Preprocess(PreprocessConfig(image_size=32))
