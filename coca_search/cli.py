@@ -28,6 +28,10 @@ def configure(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # faiss reports at INFO that its AVX2 build is missing before loading the generic one,
+        # with a ModuleNotFoundError in the message: alarming and not actionable for a user.
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def _register_commands() -> None:
