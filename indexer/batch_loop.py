@@ -39,6 +39,14 @@ class _Batch:
 _NO_PIXELS = torch.empty(0, dtype=torch.uint8)  # a committed batch's photos: metadata only
 
 
+def _stop(results: Iterator[DecodeResult]) -> None:
+    """Close the decode stage (a generator owning worker pools); other iterators have nothing
+    to stop."""
+    close = getattr(results, "close", None)
+    if close is not None:
+        close()
+
+
 class BatchLoop:
     """The decode -> model -> commit loop of one run, with its counters."""
 
@@ -80,7 +88,7 @@ class BatchLoop:
         try:
             self._consume(work, results)
         finally:
-            results.close()  # on any exit stop the decode workers (a second close is a no-op)
+            _stop(results)  # on any exit stop the decode workers (a second stop is a no-op)
         if self.dirty or not self.config.index_path.exists():
             self._save_index()
 
@@ -100,9 +108,7 @@ class BatchLoop:
             except BaseException:
                 # Ctrl-C or a failed batch: stop the decode workers now, not after the model
                 # and commit threads have finished the batches they hold.
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()
+                _stop(results)
                 raise
             # The last batches: the indexing thread waits for them to be stored.
             self._wait(in_model, "model_wait")

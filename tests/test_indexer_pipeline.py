@@ -308,3 +308,29 @@ def _open_rgb(path: Path):  # noqa: ANN202 - PIL.Image.Image
 
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+def test_pipeline_stops_when_a_decode_result_comes_for_another_file(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are paired with decode results by position; a decoder that returned results out of
+    order would give rows other photos' vectors, so the run stops before committing that batch."""
+    import indexer.batch_loop
+
+    write_library(library.photos, 6)
+    real = indexer.batch_loop.decode_for_model
+
+    def swapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - decode_for_model's own
+        results = list(real(*args, **kwargs))
+        results[2], results[3] = results[3], results[2]
+        return iter(results)
+
+    monkeypatch.setattr(indexer.batch_loop, "decode_for_model", swapped)
+    with pytest.raises(RuntimeError, match="decoder returned"):
+        library.index()
+    model_id = register_model(library.catalog, library.model)
+    ids, _ = library.catalog.load_embeddings(model_id)
+    assert len(ids) == 0  # the first batch (4 photos) held the swapped pair: nothing committed
+    monkeypatch.setattr(indexer.batch_loop, "decode_for_model", real)
+    assert library.index().indexed == 6
+    library.assert_consistent()
