@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,9 @@ from storage import Catalog, ImageMeta, ImageResult, IndexedFile, NewCaption, Ve
 
 logger = logging.getLogger(__name__)
 
+# What `decode_for_model` returns: results in input order; closing it stops the decode workers.
+DecodeStage = Generator[DecodeResult, None, None]
+
 
 @dataclass
 class _Batch:
@@ -37,14 +40,6 @@ class _Batch:
 
 
 _NO_PIXELS = torch.empty(0, dtype=torch.uint8)  # a committed batch's photos: metadata only
-
-
-def _stop(results: Iterator[DecodeResult]) -> None:
-    """Close the decode stage (a generator owning worker pools); other iterators have nothing
-    to stop."""
-    close = getattr(results, "close", None)
-    if close is not None:
-        close()
 
 
 class BatchLoop:
@@ -88,11 +83,11 @@ class BatchLoop:
         try:
             self._consume(work, results)
         finally:
-            _stop(results)  # on any exit stop the decode workers (a second stop is a no-op)
+            results.close()  # on any exit stop the decode workers (a second close is a no-op)
         if self.dirty or not self.config.index_path.exists():
             self._save_index()
 
-    def _consume(self, work: list[WorkItem], results: Iterator[DecodeResult]) -> None:
+    def _consume(self, work: list[WorkItem], results: DecodeStage) -> None:
         """Group decoded images into batches and pass them down the model and commit threads.
 
         This thread gathers batch N+1 while the model thread runs batch N and the commit thread
@@ -108,7 +103,7 @@ class BatchLoop:
             except BaseException:
                 # Ctrl-C or a failed batch: stop the decode workers now, not after the model
                 # and commit threads have finished the batches they hold.
-                _stop(results)
+                results.close()
                 raise
             # The last batches: the indexing thread waits for them to be stored.
             self._wait(in_model, "model_wait")
@@ -117,7 +112,7 @@ class BatchLoop:
     def _gather(
         self,
         work: list[WorkItem],
-        results: Iterator[DecodeResult],
+        results: DecodeStage,
         modeller: ThreadPoolExecutor,
     ) -> Future[None] | None:
         """Pair each work item with its decode result and hand full batches to the model."""

@@ -53,7 +53,8 @@ _ORIENTATION_TRANSPOSES = {
 
 BACKENDS = ("auto", "threads", "processes")
 # Where JPEG pixels are decoded: "cpu" (Pillow, this module), "gpu" (nvJPEG through torchvision,
-# `indexer.gpu_decode`), or "auto": the GPU when the model is on CUDA and nvJPEG works there.
+# `indexer.gpu_decode`), or "auto": the GPU when the model is on CUDA, nvJPEG works there and
+# there are fewer decode workers than `indexer.gpu_decode.CPU_DECODE_WORKERS`.
 DECODERS = ("auto", "cpu", "gpu")
 # From this many decode workers up, "auto" uses processes: the Python part of each decode (open,
 # EXIF, array copies) holds the GIL, and the model and commit threads need it too, so threads stop
@@ -302,7 +303,7 @@ def decode_all(
 
 FileResult = TypeVar("FileResult")
 # The work done for one file by a decode worker: `decode_or_error`, or the GPU decoder's
-# header-only read (`indexer.gpu_decode.read_jpeg_or_decode`). A module-level function, so that
+# header read (`indexer.jpeg_files.read_jpeg_or_decode`). A module-level function, so that
 # worker processes can receive it; it never raises for a bad file.
 FileWork = Callable[[Path, DecodeConfig, Prepare], FileResult]
 

@@ -4,8 +4,8 @@ Each task is a chunk of paths; the worker runs the per-file work on them (`decod
 the GPU decoder's header-only read) and sends back one uint8 (n, S, S, 3) array for the decoded
 images plus small per-file records, so a chunk costs one pickle, not one per image, and no torch
 tensor crosses the process boundary (torch would pass each through shared memory). Other results
-(the GPU decoder's JPEG bytes) travel as they are. Results come back in input order, like the
-thread pool's.
+(the GPU decoder's JPEG headers, `indexer.jpeg_files`) travel as they are. Results come back in
+input order, like the thread pool's.
 
 Workers are forked, all at once on the first task (as torch's DataLoader does, CUDA may be up in
 the parent; the workers never touch it, nor torch's thread pools). A forkserver or spawn would

@@ -71,10 +71,10 @@ class DecoderUnavailableError(ValueError):
 
 
 # From this many decode workers up, "auto" decodes with Pillow even where nvJPEG works. Measured
-# on an H100 host (1024x768 JPEGs, BENCHMARKS.md section 4): with 14 Pillow processes on 16 cores
-# the CPU path indexed faster (B-32 1,362 against 936 images/s; L-14 891 against 526, where the
-# model and nvJPEG share the GPU); restricted to 8 cores with 6 workers, nvJPEG won for B-32 (902
-# against 622) and L-14 was even (516 against 542).
+# on an H100 host (1024x768 JPEGs, BENCHMARKS.md section 4, run 8): with 14 Pillow processes on
+# 16 cores the CPU path indexed faster (B-32 1,362 against 936 images/s; L-14 891 against 526,
+# where the model and nvJPEG share the GPU); restricted to 8 cores with 6 workers, nvJPEG won for
+# B-32 (902 against 622) and L-14 was even (516 against 542).
 CPU_DECODE_WORKERS = 12
 
 
@@ -304,7 +304,7 @@ _DONE = object()
 
 
 def _in_background(
-    produce: Iterator[T], source: Generator[object, None, None], capacity: int
+    produce: Generator[T, None, None], source: Generator[object, None, None], capacity: int
 ) -> Generator[T, None, None]:
     """Run `produce` in a thread, at most `capacity` items ahead; its errors re-raise here.
 
@@ -329,9 +329,7 @@ def _in_background(
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
             hand_over(_Failure(error))
         finally:
-            close = getattr(produce, "close", None)
-            if close is not None:
-                close()  # a generator's own threads (the decoding threads) stop first
+            produce.close()  # its own threads (the decoding threads) stop first
             source.close()
 
     thread = threading.Thread(target=run, name="gpu-decode", daemon=True)

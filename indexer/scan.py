@@ -179,15 +179,6 @@ def diff_library(
     return diff
 
 
-def hash_or_none(hasher: Callable[[Path], str], root: Path, file: FoundFile) -> str | None:
-    """The file's content hash, or None when it cannot be read (decoding records why)."""
-    try:
-        return hasher(Path(root) / file.relative_path)
-    except OSError as error:
-        logger.debug("cannot hash %s: %s", file.relative_path, error)
-        return None
-
-
 def _hash_files(
     diff: ScanDiff,
     root: Path,
@@ -199,7 +190,11 @@ def _hash_files(
     will record why)."""
 
     def digest(file: FoundFile) -> str | None:
-        return hash_or_none(hasher, root, file)
+        try:
+            return hasher(Path(root) / file.relative_path)
+        except OSError as error:
+            logger.debug("cannot hash %s: %s", file.relative_path, error)
+            return None
 
     if workers > 1 and len(files) > 1:
         with ThreadPoolExecutor(workers, thread_name_prefix="hash") as pool:

@@ -323,7 +323,7 @@ def test_pipeline_stops_when_a_decode_result_comes_for_another_file(
     def swapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - decode_for_model's own
         results = list(real(*args, **kwargs))
         results[2], results[3] = results[3], results[2]
-        return iter(results)
+        yield from results
 
     monkeypatch.setattr(indexer.batch_loop, "decode_for_model", swapped)
     with pytest.raises(RuntimeError, match="decoder returned"):
