@@ -85,7 +85,7 @@ run() {
         sampler=$!
     fi
     local start=$(date +%s)
-    timeout -k 5 "$limit" "${launch[@]}" $PY benchmarks/bench_index.py "$@" \
+    timeout -k 5 "$limit" "${launch[@]}" ${PROFILE_CMD:-} $PY benchmarks/bench_index.py "$@" \
         --json-out "$RUNS/$name.json"
     echo "=== $name: exit $?, $(($(date +%s) - start))s"
     [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
@@ -93,24 +93,43 @@ run() {
 
 # The first run writes the B-32 library (~7 s). Each model is decoded on the GPU and on the CPU,
 # on all 16 cores (14 decode workers) and on 8 of them (6 workers), which is where "auto" turns
-# from Pillow to nvJPEG (indexer.gpu_decode.CPU_DECODE_WORKERS).
-run b32_gpu_decode 80 all "${COMMON[@]}" "${B32[@]}" --workers 14 --decode "$GPU_DECODE" \
-    --decode-only-count "$DECODE_ONLY"
-run b32_cpu_decode 65 all "${COMMON[@]}" "${B32[@]}" --workers 14 --decode cpu \
-    --decode-only-count "$DECODE_ONLY"
-run l14_gpu_decode 45 all "${COMMON[@]}" "${L14[@]}" --workers 14 --decode "$GPU_DECODE"
-run l14_cpu_decode 45 all "${COMMON[@]}" "${L14[@]}" --workers 14 --decode cpu
-run b32_gpu_decode_8cpu 60 "$SMALL" "${COMMON[@]}" "${B32[@]}" --workers 6 --decode "$GPU_DECODE"
-run b32_cpu_decode_8cpu 60 "$SMALL" "${COMMON[@]}" "${B32[@]}" --workers 6 --decode cpu
-run l14_gpu_decode_8cpu 45 "$SMALL" "${COMMON[@]}" "${L14[@]}" --workers 6 --decode "$GPU_DECODE"
-run l14_cpu_decode_8cpu 45 "$SMALL" "${COMMON[@]}" "${L14[@]}" --workers 6 --decode cpu
+# from Pillow to nvJPEG (indexer.gpu_decode.CPU_DECODE_WORKERS). RUN_LIST picks and orders runs;
+# the "_bf16" runs use bf16 weights, "b32_gpu_decode_pyspy" samples the indexer with py-spy (from
+# the carried wheels) into OUT/pyspy_b32_gpu.txt and is not a timing.
+named_run() {
+    case $1 in
+    b32_gpu_decode) run "$1" 80 all "${COMMON[@]}" "${B32[@]}" --workers 14 \
+        --decode "$GPU_DECODE" --decode-only-count "$DECODE_ONLY" ;;
+    b32_gpu_decode_bf16) run "$1" 80 all "${COMMON[@]}" "${B32[@]}" --workers 14 \
+        --decode "$GPU_DECODE" --weights bf16 ;;
+    b32_cpu_decode) run "$1" 65 all "${COMMON[@]}" "${B32[@]}" --workers 14 --decode cpu \
+        --decode-only-count "$DECODE_ONLY" ;;
+    l14_gpu_decode) run "$1" 45 all "${COMMON[@]}" "${L14[@]}" --workers 14 --decode "$GPU_DECODE" ;;
+    l14_cpu_decode) run "$1" 45 all "${COMMON[@]}" "${L14[@]}" --workers 14 --decode cpu ;;
+    b32_gpu_decode_8cpu) run "$1" 60 "$SMALL" "${COMMON[@]}" "${B32[@]}" --workers 6 \
+        --decode "$GPU_DECODE" ;;
+    b32_cpu_decode_8cpu) run "$1" 60 "$SMALL" "${COMMON[@]}" "${B32[@]}" --workers 6 --decode cpu ;;
+    l14_gpu_decode_8cpu) run "$1" 45 "$SMALL" "${COMMON[@]}" "${L14[@]}" --workers 6 \
+        --decode "$GPU_DECODE" ;;
+    l14_cpu_decode_8cpu) run "$1" 45 "$SMALL" "${COMMON[@]}" "${L14[@]}" --workers 6 --decode cpu ;;
+    b32_gpu_decode_pyspy)
+        PROFILE_CMD="/tmp/site/bin/py-spy record --idle --threads --nonblocking -r 50 \
+            --format raw -o $OUT/pyspy_b32_gpu.txt --" \
+            run "$1" 80 all "${COMMON[@]}" "${B32[@]}" --workers 14 --decode "$GPU_DECODE" ;;
+    *) echo "unknown run $1" ;;
+    esac
+}
+for name in ${RUN_LIST:-b32_gpu_decode b32_cpu_decode l14_gpu_decode l14_cpu_decode \
+    b32_gpu_decode_8cpu b32_cpu_decode_8cpu l14_gpu_decode_8cpu l14_cpu_decode_8cpu}; do
+    named_run "$name"
+done
 
 $PY - "$RUNS" "$OUT" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
 
 runs, out = Path(sys.argv[1]), Path(sys.argv[2])
-names = [f"{model}_{decoder}_decode{cpus}" for cpus in ("", "_8cpu")
+names = [f"{model}_{decoder}_decode{variant}" for variant in ("", "_bf16", "_8cpu", "_pyspy")
          for model in ("b32", "l14") for decoder in ("gpu", "cpu")]
 results = []
 for name in names:
