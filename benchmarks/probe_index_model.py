@@ -66,15 +66,18 @@ def kernel_table(encoder: BatchEncoder, images: list[torch.Tensor], rows: int) -
     return [{"kernel": "(all)", "calls": calls, "us": total}] + table[:rows]
 
 
-def attention_variants(rows: int, heads: int, keys: int, dim: int) -> dict[str, float]:
-    """Microseconds per call of one-token cross-attention, q (B, H, 1, Dh) over the image tokens'
-    k, v (B, H, N, Dh) in bf16, by implementation (CUDA events, 50 calls after 5 warm-ups)."""
+def attention_variants(
+    rows: int, heads: int, keys: int, dim: int, queries: int = 1
+) -> dict[str, float]:
+    """Microseconds per call of one-token cross-attention, q (B, H, T, Dh) over the image tokens'
+    k, v (B, H, N, Dh) in bf16, by implementation (CUDA events, 50 calls after 5 warm-ups).
+    T > 1 stands for beams folded into the query axis."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from coca.layers import attend_few
 
     make = torch.randn
-    q = make(rows, heads, 1, dim, device="cuda", dtype=torch.bfloat16)
+    q = make(rows, heads, queries, dim, device="cuda", dtype=torch.bfloat16)
     k, v = (make(rows, heads, keys, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     variants = {
         "attend_few (bmm, softmax, bmm)": lambda: attend_few(q, k, v, None),
@@ -153,7 +156,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write probe_index_model.json")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
-        print(json.dumps({"cross_attention_us": attention_variants(args.batch, 8, 255, 64)}))
+        for rows, queries in ((args.batch, 1), (64, 1), (64, 6)):
+            timings = attention_variants(rows, 8, 255, 64, queries)
+            print(json.dumps({"cross_attention_us": timings, "rows": rows, "queries": queries}))
     results = [probe(args, weights) for weights in args.weights.split(",")]
     for result in results:
         kernels = result.pop("kernels", [])
