@@ -16,7 +16,6 @@ Linux to kill it when the indexer dies, so a `kill -9` leaves no decoders behind
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import logging
 import multiprocessing
 import pickle
@@ -42,14 +41,6 @@ from indexer.decode import (
     FileWork,
     Prepare,
     decode_or_error,
-)
-from indexer.jpeg_files import EncodedJpeg
-from indexer.shared_bytes import (
-    Segment,
-    discard_segment,
-    open_segment,
-    remove_stale_segments,
-    write_segment,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,10 +68,6 @@ class _Chunk:
 
     pixels: np.ndarray | None  # uint8 (n_ok, S, S, 3); None when no file of the chunk decoded
     records: list[object]  # a _FileRecord per DecodeResult; any other result as it is
-    # The bytes of the chunk's EncodedJpegs (GPU path), left in shared memory rather than
-    # pickled: `shipped` lists the records they belong to, in the segment's order.
-    segment: Segment | None = None
-    shipped: tuple[int, ...] = ()
 
 
 def decode_in_processes(
@@ -103,7 +90,6 @@ def decode_in_processes(
         max_workers=config.workers, mp_context=context, initializer=_die_with_parent
     )
     pending: deque[Future[_Chunk]] = deque()
-    remove_stale_segments()  # left by an indexer that was killed
     try:
         for chunk in _chunks(paths, config.chunk_size):
             with warnings.catch_warnings():
@@ -117,16 +103,6 @@ def decode_in_processes(
             yield from _results(pending.popleft().result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        _discard_unread(pending)
-
-
-def _discard_unread(pending: Iterable[Future[_Chunk]]) -> None:
-    """Remove the shared memory of chunks decoded but never read (the caller stopped early)."""
-    for future in pending:
-        if future.done() and not future.cancelled() and future.exception() is None:
-            segment = future.result().segment
-            if segment is not None:
-                discard_segment(segment)
 
 
 def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
@@ -175,29 +151,11 @@ def _decode_chunk(
                 image.camera,
             )
         )
-    segment, shipped = _share_jpeg_bytes(records)
-    return _Chunk(np.stack(arrays) if arrays else None, records, segment, shipped)
-
-
-def _share_jpeg_bytes(records: list[object]) -> tuple[Segment | None, tuple[int, ...]]:
-    """Move the EncodedJpegs' bytes into one shared-memory segment; every JPEG record leaves
-    without its bytes (those that did not fit are read again by the GPU decoder)."""
-    jpegs = [i for i, r in enumerate(records) if isinstance(r, EncodedJpeg) and r.data is not None]
-    if not jpegs:
-        return None, ()
-    segment = write_segment([records[i].data for i in jpegs])  # type: ignore[attr-defined]
-    for i in jpegs:
-        records[i] = dataclasses.replace(records[i], data=None)  # type: ignore[type-var]
-    return segment, tuple(jpegs[: len(segment.spans)] if segment is not None else ())
+    return _Chunk(np.stack(arrays) if arrays else None, records)
 
 
 def _results(chunk: _Chunk) -> Iterator[object]:
     """Turn a worker's chunk back into per-file results (pixels are views of the chunk array)."""
-    if chunk.segment is not None:
-        records = list(chunk.records)
-        for index, data in zip(chunk.shipped, open_segment(chunk.segment), strict=True):
-            records[index] = dataclasses.replace(records[index], data=data)  # type: ignore[type-var]
-        chunk = dataclasses.replace(chunk, records=records, segment=None)
     pixels = chunk.pixels
     if pixels is not None and not pixels.flags.writeable:
         pixels = pixels.copy()  # torch.from_numpy warns on read-only memory

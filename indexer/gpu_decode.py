@@ -51,6 +51,7 @@ from indexer.decode import (
 from indexer.jpeg_files import (
     DecodeItem,
     EncodedJpeg,
+    read_jpeg_header_or_decode,
     read_jpeg_or_decode,
 )
 from indexer.ordered import ordered_map
@@ -262,8 +263,8 @@ def decode_all_on_device(
     `config.gpu_threads` threads decode them and keeps about `config.prefetch` images ready, so
     decoding goes on while the caller runs the model.
     """
-    # Worker processes hand the bytes over in shared memory (`indexer.shared_bytes`).
-    items = map_files(paths, config, preprocess.resize_for_model, read_jpeg_or_decode)
+    work = read_jpeg_header_or_decode if config.uses_processes() else read_jpeg_or_decode
+    items = map_files(paths, config, preprocess.resize_for_model, work)
     decoder = ChunkDecoder(config, preprocess, device)
     threads = config.gpu_threads
     chunks = ordered_map(

@@ -45,12 +45,14 @@ class EncodedJpeg:
     """A JPEG file's bytes and header, read by a decode worker, waiting for the GPU decoder."""
 
     path: Path
-    # The whole file; writable, so torch.frombuffer shares it without a warning. From a worker
-    # process it is a view of shared memory (`indexer.shared_bytes`): ~200 KB a photo pickled
-    # through the pool's pipe had cost its manager thread half its time, under the GIL, in a
-    # 20,480-photo H100 run. None when it could not be shared: the decode thread reads the
-    # file again (`with_data`).
-    data: bytearray | memoryview | None = field(repr=False)
+    # The whole file; writable, so torch.frombuffer shares it without a warning. None when a
+    # worker process read it: the decode thread reads it again (`with_data`) rather than have
+    # ~200 KB a photo pickled through the pool's pipe, which its manager thread reads under the
+    # GIL (half of that thread's time in a 20,480-photo H100 run). Handing the bytes over in
+    # /dev/shm segments instead was measured and dropped: mapping (or reading) freshly written
+    # shared pages cost the indexing process ~57 us of system time a photo, more than reading
+    # the file again from the page cache (benchmarks/bench_index_host.py: 190 against 158 us).
+    data: bytearray | None = field(repr=False)
     length: int  # bytes up to and including the image's end marker (a trailer is dropped)
     header: ImageHeader
     content_hash: str | None = None  # of the whole file, with DecodeConfig.hash_files
@@ -99,6 +101,12 @@ def jpeg_length(data: bytes | bytearray) -> int | None:
         else:
             position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return None
+
+
+def read_jpeg_header_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
+    """read_jpeg_or_decode for a worker process: the JPEG's header without its bytes."""
+    item = read_jpeg_or_decode(path, config, prepare)
+    return dataclasses.replace(item, data=None) if isinstance(item, EncodedJpeg) else item
 
 
 def _end_of_image(data: bytes | bytearray, start: int) -> int | None:

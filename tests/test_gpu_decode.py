@@ -13,7 +13,6 @@ differences on a GPU (not measurable here; benchmarks/bench_index.py reports the
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import sys
@@ -28,7 +27,6 @@ from PIL import Image
 
 import indexer.gpu_decode as gpu_decode
 from coca.preprocess import Preprocess, PreprocessConfig
-from indexer import shared_bytes
 from indexer.decode import (
     _ORIENTATION_TRANSPOSES,
     DecodeConfig,
@@ -98,11 +96,6 @@ def _all_paths(root: Path) -> list[Path]:
     return [root / "bad" / item.relative_path for item in corpus] + _jpeg_corpus(root / "jpegs")
 
 
-def _shared_segments() -> list[Path]:
-    """Shared-memory segments of this process's decode workers (`indexer.shared_bytes`)."""
-    return list(shared_bytes.SHM_DIR.glob(f"coca-search-{os.getpid()}-*"))
-
-
 def _model_input(result: DecodeResult, preprocess: Preprocess) -> torch.Tensor:
     assert result.image is not None
     return preprocess.batch(result.image.pixels[None])[0]  # (3, S, S) normalised
@@ -129,7 +122,6 @@ def test_gpu_decode_gives_the_pillow_outcome_for_every_file(
     pillow = list(decode_all(paths, config, preprocess.resize_for_model))
     tensor = list(decode_all_on_device(paths, config, preprocess, CPU))
     assert [r.path for r in tensor] == paths
-    assert not _shared_segments()  # worker processes' JPEG bytes: every segment was opened
     assert sum(r.image is None for r in tensor) >= 5  # the corpus's bad files stay errors
     for by_pillow, by_tensor in zip(pillow, tensor, strict=True):
         assert by_tensor.error == by_pillow.error, by_pillow.path
@@ -320,7 +312,6 @@ def test_gpu_decode_stops_its_thread_when_the_caller_stops_early(
     assert next(results).image is not None
     results.close()
     assert not [t for t in threading.enumerate() if t.name == "gpu-decode"]
-    assert not _shared_segments()  # chunks decoded ahead and never read are removed too
 
 
 def test_gpu_decode_errors_reach_the_caller(
@@ -337,19 +328,16 @@ def test_gpu_decode_errors_reach_the_caller(
     assert not [t for t in threading.enumerate() if t.name == "gpu-decode"]
 
 
-def test_jpegs_handed_over_without_bytes_are_read_again_unless_changed(
+def test_worker_processes_send_headers_and_the_decode_thread_rereads_the_bytes(
     tmp_path: Path, torchvision: object
 ) -> None:
     from indexer.gpu_decode import ChunkDecoder
+    from indexer.jpeg_files import read_jpeg_header_or_decode
 
     paths = _jpeg_corpus(tmp_path)[:4]
     preprocess = Preprocess(PreprocessConfig(image_size=32))
     config = DecodeConfig(image_size=32, hash_files=True)
-    # As a worker process hands them over when shared memory is not available: no bytes.
-    items = [
-        dataclasses.replace(read_jpeg_or_decode(p, config, preprocess.resize_for_model), data=None)
-        for p in paths
-    ]
+    items = [read_jpeg_header_or_decode(p, config, preprocess.resize_for_model) for p in paths]
     assert all(isinstance(item, EncodedJpeg) and item.data is None for item in items)
     expected = [read_jpeg_or_decode(p, config, preprocess.resize_for_model) for p in paths]
     # The file behind item 1 changes after its header was read: Pillow decodes the new content.
@@ -374,3 +362,24 @@ def test_jpegs_handed_over_without_bytes_are_read_again_unless_changed(
 def test_gpu_decode_config_rejects_no_decoding_thread() -> None:
     with pytest.raises(ValueError, match="gpu_threads"):
         DecodeConfig(gpu_threads=0)
+
+
+def test_reread_refuses_a_same_size_rewrite_with_the_old_time_whose_end_marker_moved(
+    tmp_path: Path,
+) -> None:
+    from indexer.jpeg_files import read_jpeg_header_or_decode
+
+    path = tmp_path / "photo.jpg"
+    original = _photo()
+    path.write_bytes(original)
+    preprocess = Preprocess(PreprocessConfig(image_size=32))
+    item = read_jpeg_header_or_decode(
+        path, DecodeConfig(image_size=32), preprocess.resize_for_model
+    )
+    assert isinstance(item, EncodedJpeg) and item.data is None
+    assert item.with_data() is not None  # unchanged: the bytes come back
+    stat = path.stat()
+    # Same size, end marker two bytes earlier, and the old modification time put back.
+    path.write_bytes(original[:-4] + b"\xff\xd9\x00\x00")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert item.with_data() is None  # Pillow decides from the file as it is now
