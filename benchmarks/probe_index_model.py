@@ -113,7 +113,35 @@ def attention_variants(
     return timings
 
 
-def probe(args: argparse.Namespace, weights: str) -> dict[str, object]:
+def sdpa_for_cross_attention() -> None:
+    """Variant "-sdpa": one-token cross-attention (no bias) through SDPA's fused kernels instead
+    of `attend_few`'s bmm/softmax/bmm; self-attention over the cache (with a bias) unchanged."""
+    import coca.layers as layers
+
+    bmm_path = layers.attend_few
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: object) -> torch.Tensor:
+        if bias is None:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return bmm_path(q, k, v, bias)
+
+    layers.attend_few = attend
+
+
+def probe(args: argparse.Namespace, variant: str) -> dict[str, object]:
+    import coca.layers as layers
+
+    weights, _, kernel = variant.partition("-")
+    original = layers.attend_few
+    if kernel == "sdpa":
+        sdpa_for_cross_attention()
+    try:
+        return _probe(args, weights, variant)
+    finally:
+        layers.attend_few = original
+
+
+def _probe(args: argparse.Namespace, weights: str, variant: str) -> dict[str, object]:
     device = torch.device(args.device)
     model = build_model(args.model, device, WEIGHTS[weights])
     decoding = DecodingConfig(generation_type="greedy", seq_len=args.caption_tokens, min_seq_len=1)
@@ -132,11 +160,12 @@ def probe(args: argparse.Namespace, weights: str) -> dict[str, object]:
         walls.append(time.perf_counter() - start)
     result: dict[str, object] = {
         "model": args.model,
-        "weights": weights,
+        "variant": variant,
         "batch": args.batch,
         "encode_wall_ms": round(1000 * statistics.median(walls), 2),
         "images_per_second": round(args.batch / statistics.median(walls), 1),
         "device_ms": round(1000 * encoded.device_seconds, 2),
+        "captions": encoded.captions,
     }
     if device.type == "cuda":
         result.update({k: round(v, 2) for k, v in split_times(encoder, pixels, 5).items()})
@@ -152,14 +181,26 @@ def main() -> None:
     parser.add_argument("--caption-tokens", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--kernel-rows", type=int, default=25)
-    parser.add_argument("--weights", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument(
+        "--variants",
+        default="fp32,bf16,bf16-sdpa",
+        help="comma-separated: fp32 (under bf16 autocast), bf16 (weights); '-sdpa' suffix: "
+        "one-token cross-attention through SDPA",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write probe_index_model.json")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
         for rows, queries in ((args.batch, 1), (64, 1), (64, 6)):
             timings = attention_variants(rows, 8, 255, 64, queries)
             print(json.dumps({"cross_attention_us": timings, "rows": rows, "queries": queries}))
-    results = [probe(args, weights) for weights in args.weights.split(",")]
+    results = [probe(args, variant) for variant in args.variants.split(",")]
+    by_variant = {result["variant"]: result.pop("captions") for result in results}
+    for result in results:
+        plain = by_variant.get(str(result["variant"]).split("-")[0])
+        mine = by_variant[result["variant"]]
+        if plain is not None and mine is not None and plain is not mine:
+            same = sum(a == b for a, b in zip(plain, mine, strict=True))
+            result["captions_same_as_bmm_path"] = f"{same}/{len(mine)}"
     for result in results:
         kernels = result.pop("kernels", [])
         print(json.dumps(result))
