@@ -8,9 +8,10 @@ tensor crosses the process boundary (torch would pass each through shared memory
 input order, like the thread pool's.
 
 Workers are forked, all at once on the first task (as torch's DataLoader does, CUDA may be up in
-the parent; the workers never touch it, nor torch's thread pools). A forkserver or spawn would
-re-run the caller's main script in every worker and import torch again in each. Each worker asks
-Linux to kill it when the indexer dies, so a `kill -9` leaves no decoders behind.
+the parent; the workers never touch it) and, like DataLoader's workers, run torch on one thread.
+A forkserver or spawn would re-run the caller's main script in every worker and import torch
+again in each. Each worker asks Linux to kill it when the indexer dies, so a `kill -9` leaves no
+decoders behind.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def decode_in_processes(
     context = multiprocessing.get_context("fork")
     window = max(2 * config.workers, -(-config.prefetch // config.chunk_size))
     pool = ProcessPoolExecutor(
-        max_workers=config.workers, mp_context=context, initializer=_die_with_parent
+        max_workers=config.workers, mp_context=context, initializer=_init_worker
     )
     pending: deque[Future[_Chunk]] = deque()
     try:
@@ -111,8 +112,15 @@ def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
         yield chunk
 
 
+def _init_worker() -> None:
+    """Worker initializer: one torch thread (the resize in `Preprocess.resize_for_model` runs a
+    torch kernel; every core already has its own worker), and die with the parent."""
+    torch.set_num_threads(1)
+    _die_with_parent()
+
+
 def _die_with_parent() -> None:
-    """Worker initializer: on Linux, get SIGKILL when the parent process dies."""
+    """On Linux, get SIGKILL when the parent process dies."""
     if not sys.platform.startswith("linux"):
         return
     try:

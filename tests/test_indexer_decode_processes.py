@@ -104,3 +104,23 @@ def test_decode_processes_die_when_the_indexer_is_killed(tmp_path: Path) -> None
     finally:
         child.kill()
         child.wait(10)
+
+
+def _torch_threads(path: Path, config: DecodeConfig, prepare: object) -> int:
+    return torch.get_num_threads()
+
+
+def test_decode_processes_run_torch_on_one_thread(tmp_path: Path) -> None:
+    """Each worker resizes with a torch kernel; one thread each, as every core has a worker."""
+    from coca.preprocess import Preprocess, PreprocessConfig
+    from indexer.decode import map_files
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parent's setting must not reach the workers
+    paths = [tmp_path / f"{index}.jpg" for index in range(6)]
+    config = DecodeConfig(workers=2, backend="processes", chunk_size=2)
+    prepare = Preprocess(PreprocessConfig(image_size=32)).resize_for_model
+    try:
+        assert set(map_files(paths, config, prepare, _torch_threads)) == {1}
+    finally:
+        torch.set_num_threads(threads)

@@ -274,3 +274,34 @@ def test_preprocess_config_open_clip_round_trip() -> None:
 def test_preprocess_config_rejects_bad_values(cfg: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PreprocessConfig.from_open_clip(cfg)
+
+
+def test_resize_for_model_shrinks_photos_as_pillows_box_resize_does() -> None:
+    """The common case runs torch's uint8 resize; its pixels must stay Pillow's to one level."""
+    from coca.preprocess import _PIL_RESAMPLE, _crop_origin
+
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:384, 0:512].astype(np.float32)
+    pixels = np.stack([x / 2, 128 + 100 * np.sin(x / 9) * np.cos(y / 7), y / 1.6], axis=-1)
+    photo = Image.fromarray((pixels + rng.normal(0, 8, pixels.shape)).clip(0, 255).astype("uint8"))
+    for interpolation in ("bicubic", "bilinear"):
+        preprocess = Preprocess(PreprocessConfig(image_size=224, interpolation=interpolation))
+        height, width = preprocess._resized_size(photo.height, photo.width)  # (224, 298)
+        top, left = _crop_origin(height, width, 224)
+        sx, sy = photo.width / width, photo.height / height
+        box = (left * sx, top * sy, (left + 224) * sx, (top + 224) * sy)
+        pillow = np.asarray(photo.resize((224, 224), _PIL_RESAMPLE[interpolation], box=box))
+        ours = np.asarray(preprocess.resize_for_model(photo))
+        difference = np.abs(ours.astype(np.int16) - pillow.astype(np.int16))
+        assert ours.shape == (224, 224, 3) and ours.dtype == np.uint8
+        assert difference.max() <= 1 and difference.mean() < 0.05, interpolation
+
+
+def test_resize_for_model_keeps_pillow_for_upscaling_and_panoramas() -> None:
+    preprocess = Preprocess(PreprocessConfig(image_size=SIZE))
+    for image in (rgb_image(SIZE // 2, SIZE // 3), rgb_image(40 * SIZE, SIZE)):
+        small = preprocess.resize_for_model(image)
+        assert small.size == (SIZE, SIZE)
+        reference = preprocess(image)
+        fast = preprocess.batch([to_uint8_tensor(small)])[0]
+        assert (fast - reference).abs().mean().item() < 0.05
