@@ -246,7 +246,9 @@ class Preprocess:
         Call it right after `Image.open` (before anything loads the pixels): JPEGs are then decoded
         at a reduced DCT scale when the model needs far fewer pixels. The result is RGB (alpha
         composited on white, see `to_rgb`) and S x S, so `batch` only has to normalize it. For
-        "shortest", only the centre square is resampled, so panoramas stay cheap.
+        "shortest", a photo is shrunk whole and cropped (`_shrink_and_crop`); when that would
+        resample far more than the crop (panoramas) or enlarge, only the centre square is
+        resampled, with Pillow.
         """
         _check_not_empty(image)
         _draft(image, self._resized_size(image.height, image.width))

@@ -103,12 +103,6 @@ def jpeg_length(data: bytes | bytearray) -> int | None:
     return None
 
 
-def read_jpeg_header_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
-    """read_jpeg_or_decode for a worker process: the JPEG's header without its bytes."""
-    item = read_jpeg_or_decode(path, config, prepare)
-    return dataclasses.replace(item, data=None) if isinstance(item, EncodedJpeg) else item
-
-
 def _end_of_image(data: bytes | bytearray, start: int) -> int | None:
     """Bytes up to and including the first FF D9 at or after `start`; None without one.
 
@@ -132,6 +126,12 @@ def read_jpeg_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> D
         logger.debug("%s goes to Pillow: %s", path, error)
         jpeg = None
     return jpeg if jpeg is not None else decode_or_error(path, config, prepare)
+
+
+def read_jpeg_header_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
+    """read_jpeg_or_decode for a worker process: the JPEG's header without its bytes."""
+    item = read_jpeg_or_decode(path, config, prepare)
+    return dataclasses.replace(item, data=None) if isinstance(item, EncodedJpeg) else item
 
 
 @dataclass(frozen=True)
