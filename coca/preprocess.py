@@ -258,16 +258,14 @@ class Preprocess:
         if self.config.resize_mode != "shortest":
             return self._crop_or_pad_pil(self._resize_pil(rgb))
         height, width = self._resized_size(rgb.height, rgb.width)
-        top, left = _crop_origin(height, width, size)
         if height <= rgb.height and width <= rgb.width and max(height, width) <= 2 * size:
-            return self._shrink_and_crop(rgb, (height, width), (top, left))
+            return self._shrink_and_crop(rgb, (height, width))
+        top, left = _crop_origin(height, width, size)
         scale_y, scale_x = rgb.height / height, rgb.width / width
         box = (left * scale_x, top * scale_y, (left + size) * scale_x, (top + size) * scale_y)
         return rgb.resize((size, size), resample, box=box)
 
-    def _shrink_and_crop(
-        self, rgb: Image.Image, resized: tuple[int, int], origin: tuple[int, int]
-    ) -> Image.Image:
+    def _shrink_and_crop(self, rgb: Image.Image, resized: tuple[int, int]) -> Image.Image:
         """resize_for_model's common case (a photo shrunk to at most twice the crop): torch's
         antialiased uint8 resize on channel-last pixels, then the centre crop.
 
@@ -276,14 +274,12 @@ class Preprocess:
         kernel 0.23 ms. Its pixels equal Pillow's box resize to within one level (mean 0.005).
         Decode processes run it on one torch thread (`indexer.decode_processes`).
         """
-        size = self.config.image_size
         pixels = torch.from_numpy(np.array(rgb))  # (H, W, 3) uint8, a writable copy
         channels_last = pixels.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) view, no copy
         shrunk = F.interpolate(
             channels_last, size=resized, mode=self.config.interpolation, antialias=True
-        )  # (1, 3, h, w) uint8
-        top, left = origin
-        square = shrunk[0, :, top : top + size, left : left + size]  # (3, S, S)
+        )  # (1, 3, h, w) uint8, h and w >= S: the crop needs no padding
+        square = self._crop_or_pad_tensor(shrunk)[0]  # (3, S, S), the tensor path's crop
         return Image.fromarray(square.permute(1, 2, 0).contiguous().numpy())  # (S, S, 3)
 
     @staticmethod
