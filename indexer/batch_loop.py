@@ -78,16 +78,17 @@ class BatchLoop:
             # as they read them, for the catalog (a later run finds a moved file by its hash).
             hash_files=True,
         )
-        paths = (self.root / item.file.relative_path for item in work)
+        # Built once: _gather checks each result against the same objects.
+        paths = [self.root / item.file.relative_path for item in work]
         results = decode_for_model(paths, decode_config, self.model.preprocess, self.encoder.device)
         try:
-            self._consume(work, results)
+            self._consume(work, paths, results)
         finally:
             results.close()  # on any exit stop the decode workers (a second close is a no-op)
         if self.dirty or not self.config.index_path.exists():
             self._save_index()
 
-    def _consume(self, work: list[WorkItem], results: DecodeStage) -> None:
+    def _consume(self, work: list[WorkItem], paths: list[Path], results: DecodeStage) -> None:
         """Group decoded images into batches and pass them down the model and commit threads.
 
         This thread gathers batch N+1 while the model thread runs batch N and the commit thread
@@ -99,7 +100,7 @@ class BatchLoop:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as modeller,
         ):
             try:
-                in_model = self._gather(work, results, modeller)
+                in_model = self._gather(work, paths, results, modeller)
             except BaseException:
                 # Ctrl-C or a failed batch: stop the decode workers now, not after the model
                 # and commit threads have finished the batches they hold.
@@ -112,17 +113,19 @@ class BatchLoop:
     def _gather(
         self,
         work: list[WorkItem],
+        paths: list[Path],
         results: DecodeStage,
         modeller: ThreadPoolExecutor,
     ) -> Future[None] | None:
-        """Pair each work item with its decode result and hand full batches to the model."""
+        """Pair each work item (at `paths`) with its decode result and hand full batches to the
+        model."""
         in_model: Future[None] | None = None
         batch = _Batch()
-        for item in work:
+        for item, path in zip(work, paths, strict=True):
             wait_start = time.perf_counter()
             result = next(results)
             self.times["decode_wait"] += time.perf_counter() - wait_start
-            if result.path != self.root / item.file.relative_path:
+            if result.path != path:
                 # Rows are matched to results by position: a shift would store every later row
                 # with another photo's vector and caption, so stop instead.
                 raise RuntimeError(f"decoder returned {result.path} for {item.file.relative_path}")

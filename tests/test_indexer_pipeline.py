@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 
@@ -126,6 +127,27 @@ def test_pipeline_stores_content_hashes_computed_beside_decoding(library: Librar
     library.index()
     row = library.catalog.known_files(library.root_key)["album0/img_00000.jpg"]
     assert row.content_hash == storage.content_hash(edited)
+
+
+def test_pipeline_keeps_the_garbage_collector_off_older_objects_during_the_run(
+    library: Library,
+) -> None:
+    write_library(library.photos, 6)
+    frozen_during: list[int] = []
+    config = IndexConfig(
+        photos_dir=library.photos,
+        index_path=library.index_path(library.model),
+        decode=DecodeConfig(workers=1, backend="threads"),
+        encode=EncodeConfig(batch_size=4, decoding=fast_decoding()),
+    )
+    run_index(
+        config,
+        library.model,
+        library.catalog,
+        lambda _: frozen_during.append(gc.get_freeze_count()),
+    )
+    assert frozen_during and min(frozen_during) > 0
+    assert gc.get_freeze_count() == 0  # lifted at the end: older garbage is collectable again
 
 
 def test_pipeline_second_run_skips_everything(library: Library) -> None:
