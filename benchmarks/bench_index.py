@@ -178,6 +178,7 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
             backend=args.decode_backend,
             decoder=args.decode,
             gpu_threads=args.gpu_threads,
+            cpu_share=args.cpu_share,
         ),
         encode=EncodeConfig(
             batch_size=args.batch_size, captions=not args.no_captions, decoding=decoding
@@ -212,6 +213,7 @@ def run_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         "decode_backend": "processes" if config.decode.uses_processes() else "threads",
         "decoder": summary.decoder,
         "gpu_threads": config.decode.gpu_threads,
+        "cpu_share": config.decode.cpu_share,
         "torch_threads": torch.get_num_threads(),
         "captions": not args.no_captions,
         "caption_tokens": args.caption_tokens,
@@ -398,6 +400,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--decode-backend", choices=BACKENDS, default="auto")
     parser.add_argument("--decode", choices=DECODERS, default="auto", help="JPEG decoder")
     parser.add_argument("--gpu-threads", type=int, default=DecodeConfig.gpu_threads)
+    parser.add_argument(
+        "--cpu-share", type=float, default=DecodeConfig.cpu_share, help="Pillow's JPEGs (gpu path)"
+    )
     parser.add_argument("--grain", type=float, default=6.0, help="photo grain (std, 0..255)")
     parser.add_argument("--photos", type=Path, default=None, help="library folder, kept")
     parser.add_argument("--decode-only-count", type=int, default=0, help="also time decode alone")

@@ -97,6 +97,12 @@ class DecodeConfig:
     # chunk's files and launches its decode while another waits for its chunk's kernels. On an
     # H100 host, B-32 indexed 751 / 845 / 729 photos/s with 1 / 2 / 3 threads (same run).
     gpu_threads: int = 2
+    # On the GPU path, the share of JPEGs the decode workers decode with Pillow themselves (they
+    # only read headers otherwise, so their cores idle while nvJPEG and the model share the GPU);
+    # chosen per file from its path, so a file always takes the same path. 0: nvJPEG takes every
+    # JPEG it can. Run 10 (H100, 2026-11-25) showed no gain, with the indexing process's host
+    # time then ~2x today's; kept to measure again (benchmarks/bench_index.py --cpu-share).
+    cpu_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -108,6 +114,8 @@ class DecodeConfig:
                 "workers, chunk_size, gpu_batch_size and gpu_threads must be at least 1, got "
                 f"{self.workers}, {self.chunk_size}, {self.gpu_batch_size}, {self.gpu_threads}"
             )
+        if not 0.0 <= self.cpu_share <= 1.0:
+            raise ValueError(f"cpu_share must be between 0 and 1, got {self.cpu_share}")
 
     def uses_processes(self) -> bool:
         """True when decoding runs in worker processes rather than threads."""

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,13 +120,24 @@ def _end_of_image(data: bytes | bytearray, start: int) -> int | None:
 
 def read_jpeg_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:
     """A decode worker's job on the GPU path: the bytes and header of a JPEG nvJPEG can take,
-    else the Pillow path's result (image or error), so no file is lost or judged differently."""
+    else the Pillow path's result (image or error), so no file is lost or judged differently.
+    Files in `config.cpu_share` are decoded with Pillow here, beside the GPU."""
+    if pillow_takes(path, config.cpu_share):
+        return decode_or_error(path, config, prepare)
     try:
         jpeg = _inspect_jpeg(path, _read_file(path), config)
     except Exception as error:  # noqa: BLE001 - the Pillow path below gives the recorded message
         logger.debug("%s goes to Pillow: %s", path, error)
         jpeg = None
     return jpeg if jpeg is not None else decode_or_error(path, config, prepare)
+
+
+def pillow_takes(path: Path, share: float) -> bool:
+    """Whether `path` is among the `share` of files Pillow decodes on the GPU path: by a hash
+    of the path, so a file takes the same path every run."""
+    if share <= 0.0:
+        return False
+    return zlib.crc32(str(path).encode("utf-8", "surrogateescape")) % 10_000 < share * 10_000
 
 
 def read_jpeg_header_or_decode(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeItem:

@@ -102,10 +102,11 @@ def _model_input(result: DecodeResult, preprocess: Preprocess) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("backend", "gpu_threads"), [("threads", 1), ("processes", 1), ("threads", 3), ("processes", 2)]
+    ("backend", "gpu_threads", "cpu_share"),
+    [("threads", 1, 0.0), ("processes", 1, 0.0), ("threads", 3, 0.5), ("processes", 2, 0.3)],
 )
 def test_gpu_decode_gives_the_pillow_outcome_for_every_file(
-    tmp_path: Path, torchvision: object, backend: str, gpu_threads: int
+    tmp_path: Path, torchvision: object, backend: str, gpu_threads: int, cpu_share: float
 ) -> None:
     paths = _all_paths(tmp_path)
     preprocess = Preprocess(PreprocessConfig(image_size=32))
@@ -118,6 +119,7 @@ def test_gpu_decode_gives_the_pillow_outcome_for_every_file(
         gpu_batch_size=5,
         hash_files=True,
         gpu_threads=gpu_threads,
+        cpu_share=cpu_share,
     )
     pillow = list(decode_all(paths, config, preprocess.resize_for_model))
     tensor = list(decode_all_on_device(paths, config, preprocess, CPU))
@@ -359,9 +361,24 @@ def test_worker_processes_send_headers_and_the_decode_thread_rereads_the_bytes(
         assert results[index].content_hash == content_hash(paths[index])
 
 
-def test_gpu_decode_config_rejects_no_decoding_thread() -> None:
+def test_pillow_share_is_a_stable_choice_per_path(tmp_path: Path) -> None:
+    from indexer.jpeg_files import pillow_takes
+
+    paths = [tmp_path / f"photo_{i:04d}.jpg" for i in range(2000)]
+    assert not any(pillow_takes(p, 0.0) for p in paths)
+    assert all(pillow_takes(p, 1.0) for p in paths)
+    taken = [p for p in paths if pillow_takes(p, 0.3)]
+    assert 0.25 * len(paths) < len(taken) < 0.35 * len(paths)
+    assert taken == [p for p in paths if pillow_takes(p, 0.3)]  # the same files every time
+    assert set(taken) <= {p for p in paths if pillow_takes(p, 0.6)}  # a larger share adds files
+
+
+def test_gpu_decode_config_rejects_bad_threads_and_share() -> None:
     with pytest.raises(ValueError, match="gpu_threads"):
         DecodeConfig(gpu_threads=0)
+    for share in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="cpu_share"):
+            DecodeConfig(cpu_share=share)
 
 
 def test_reread_refuses_a_same_size_rewrite_with_the_old_time_whose_end_marker_moved(
