@@ -35,7 +35,7 @@ import bench_index  # noqa: E402
 
 import coca  # noqa: E402
 import storage  # noqa: E402
-from coca.generate import DecodingConfig, caption_texts  # noqa: E402
+from coca.generate import DecodingConfig  # noqa: E402
 from indexer import encode, gpu_decode, pipeline  # noqa: E402
 from indexer.decode import DecodeConfig  # noqa: E402
 from indexer.encode import EncodeConfig, EncodedBatch  # noqa: E402
@@ -61,11 +61,11 @@ def stub_device_work(model: torch.nn.Module, photo_shape: tuple[int, int]) -> No
         vectors = rng.standard_normal((len(images), embed_dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         ids = torch.randint(300, 5000, (len(images), 20))  # 20-token captions, as on the GPU
-        return EncodedBatch(vectors, caption_texts(self.model, ids), 0.0, 0.0)
+        return EncodedBatch(vectors, None, 0.0, 0.0, ids)  # texts: BatchEncoder.with_texts
 
     gpu_decode.decode_jpegs = decode_jpegs
     gpu_decode.to_model_pixels = to_model_pixels
-    encode.BatchEncoder.encode = encode_batch
+    encode.BatchEncoder.encode_ids = encode_batch
     # The GPU decoder even though the model is on the CPU: the code path is the same.
     pipeline.resolve_decoder = lambda choice, device, workers=1: "gpu"
 

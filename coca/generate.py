@@ -229,7 +229,7 @@ def decode(
 def caption_texts(model: Any, ids: torch.Tensor) -> list[str]:
     """Decode generated ids (B, T) to strings: drop <start_of_text>, cut at <end_of_text>, unpad."""
     special = SpecialTokens.from_model(model)
-    texts = []
+    rows = []
     for row in ids.tolist():
         if row and row[0] == special.sot:
             row = row[1:]
@@ -237,8 +237,8 @@ def caption_texts(model: Any, ids: torch.Tensor) -> list[str]:
             row = row[: row.index(special.eos)]
         while row and row[-1] == special.pad:  # padding of a row that ended without <end_of_text>
             row.pop()
-        texts.append(model.tokenizer.decode(row).strip())
-    return texts
+        rows.append(row)
+    return [text.strip() for text in model.tokenizer.batch_decode(rows)]
 
 
 def _prompt(

@@ -153,7 +153,7 @@ class BatchLoop:
     def _encode_then_commit(self, batch: _Batch) -> None:
         """Model thread: run the model on a batch, then queue it for the commit thread."""
         pixels = [image.pixels for image in batch.images]  # uint8 (3, S, S) each
-        encoded = self.encoder.encode(pixels) if pixels else None
+        encoded = self.encoder.encode_ids(pixels) if pixels else None
         # The commit needs the photos' metadata only; GPU-decoded pixels are views that keep
         # their whole decoded chunk alive, so they are let go here.
         del pixels
@@ -174,7 +174,7 @@ class BatchLoop:
     def _commit(self, batch: _Batch, encoded) -> None:  # noqa: ANN001 - EncodedBatch | None
         start = time.perf_counter()
         if encoded is not None:
-            ids = self._store(batch, encoded)
+            ids = self._store(batch, self.encoder.with_texts(encoded))
             self.index.add(ids, encoded.embeddings)
             self.indexed += len(ids)
             self.dirty = True

@@ -11,6 +11,7 @@ per run, not once per batch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -45,11 +46,13 @@ class EncodedBatch:
     """The model's output for one batch, on the CPU, in input order."""
 
     embeddings: np.ndarray  # float32 (B, E), L2-normalised
-    captions: list[str] | None  # None when captions are off
+    captions: list[str] | None  # None when captions are off (or not yet turned into text)
     gpu_seconds: float  # wall time of encode(): staging, model, copies back (synchronised)
     # Time the device spent between the first and the last model kernel of the batch (CUDA
     # events; host waits inside decoding included); on a CPU the same as gpu_seconds.
     device_seconds: float
+    # The captions' token ids (B, T) on the CPU, from `encode_ids`, until `with_texts`.
+    caption_ids: torch.Tensor | None = None
 
 
 def default_cpu_threads() -> int:
@@ -99,6 +102,19 @@ class BatchEncoder:
 
     def encode(self, images: list[torch.Tensor]) -> EncodedBatch:
         """Embed (and caption) a batch; the result does not depend on the batch size."""
+        return self.with_texts(self.encode_ids(images))
+
+    def with_texts(self, encoded: EncodedBatch) -> EncodedBatch:
+        """`encoded` with its caption ids turned into text (host work only)."""
+        if encoded.caption_ids is None:
+            return encoded
+        texts = caption_texts(self.model, encoded.caption_ids)
+        return dataclasses.replace(encoded, captions=texts, caption_ids=None)
+
+    def encode_ids(self, images: list[torch.Tensor]) -> EncodedBatch:
+        """`encode` with the captions left as token ids (`caption_ids`): the indexer's model
+        thread hands the text work to its commit thread, so the GPU's next batch is launched
+        sooner (512 captions are a few ms of tokenizer work on the host)."""
         start = time.perf_counter()
         events = self._events()
         batch = self._to_device(images)  # uint8 (B, 3, S, S) on the model's device
@@ -115,12 +131,12 @@ class BatchEncoder:
             if events:
                 events[1].record()
         embeddings = latent.cpu().numpy().astype(np.float32, copy=False)
-        captions = None if token_ids is None else caption_texts(self.model, token_ids)
+        caption_ids = None if token_ids is None else token_ids.cpu()
         wall = time.perf_counter() - start
         if events:
             events[1].synchronize()
         device = events[0].elapsed_time(events[1]) / 1000 if events else wall
-        return EncodedBatch(embeddings, captions, wall, device)
+        return EncodedBatch(embeddings, None, wall, device, caption_ids)
 
     def _events(self) -> tuple[torch.cuda.Event, torch.cuda.Event] | None:
         if self.device.type != "cuda":

@@ -105,6 +105,7 @@ class FakeModel:
             eot_token_id=EOS,
             pad_token_id=PAD,
             decode=lambda ids: " ".join(f"w{i}" for i in ids),
+            batch_decode=lambda rows: [" ".join(f"w{i}" for i in ids) for ids in rows],
         )
         self.encoded_batches: list[int] = []
         self.decoders: list[CachedDecoder | FullPrefixDecoder] = []

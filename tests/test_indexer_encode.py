@@ -69,6 +69,24 @@ def test_encode_matches_the_model_and_ignores_batch_size(tiny_model: torch.nn.Mo
     assert np.allclose(together.embeddings, expected, atol=1e-6)
 
 
+def test_encode_ids_leaves_the_text_for_later_and_with_texts_gives_encodes_captions(
+    tiny_model: torch.nn.Module,
+) -> None:
+    images = _images(3, 32, seed=2)
+    encoder = BatchEncoder(tiny_model, EncodeConfig(decoding=fast_decoding()))
+    pending = encoder.encode_ids(images)
+    assert pending.captions is None
+    assert pending.caption_ids is not None and pending.caption_ids.device.type == "cpu"
+    assert pending.caption_ids.shape[0] == 3
+    done = encoder.with_texts(pending)
+    assert done.caption_ids is None
+    assert done.captions == encoder.encode(images).captions
+    assert np.array_equal(done.embeddings, pending.embeddings)
+    no_captions = BatchEncoder(tiny_model, EncodeConfig(captions=False))
+    plain = no_captions.encode_ids(images)
+    assert plain.caption_ids is None and no_captions.with_texts(plain) is plain
+
+
 def test_encode_without_captions(tiny_model: torch.nn.Module) -> None:
     encoded = BatchEncoder(tiny_model, EncodeConfig(captions=False)).encode(_images(2, 32))
     assert encoded.captions is None

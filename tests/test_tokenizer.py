@@ -150,6 +150,23 @@ def test_tokenizer_decode_stops_at_eot_and_drops_trailing_pad(clip_tokenizer: To
         clip_tokenizer.decode(torch.zeros(2, 3, dtype=torch.long))
 
 
+def test_tokenizer_batch_decode_equals_decode_row_by_row(clip_tokenizer: Tokenizer) -> None:
+    word_level = Tokenizer.build_word_level(["a red car, a blue tree."], context_length=8)
+    for tokenizer in (clip_tokenizer, word_level):
+        generator = torch.Generator().manual_seed(0)
+        rows = torch.randint(0, tokenizer.vocab_size, (64, 12), generator=generator)
+        special = (tokenizer.sot_token_id, tokenizer.eot_token_id, tokenizer.pad_token_id)
+        for column, token in ((0, special[0]), (5, special[1]), (9, special[2])):
+            rows[::3, column] = token  # some rows start, end early or pad
+        rows[1::4, 7:] = special[2]  # trailing pads without <end_of_text>
+        one_by_one = [tokenizer.decode(row) for row in rows]
+        assert tokenizer.batch_decode(rows) == one_by_one
+        assert tokenizer.batch_decode(rows.tolist()) == one_by_one
+    assert any("," in text for text in word_level.batch_decode(rows))  # punctuation attached
+    with pytest.raises(ValueError, match="rows"):
+        clip_tokenizer.batch_decode(torch.zeros(3, dtype=torch.long))
+
+
 def test_tokenizer_rejects_non_string(clip_tokenizer: Tokenizer) -> None:
     with pytest.raises(TypeError, match="str"):
         clip_tokenizer([b"bytes"])  # type: ignore[list-item]
