@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,10 +110,8 @@ def test_decode_draft_mode_matches_full_decode(tmp_path: Path) -> None:
     path = tmp_path / "large.jpg"
     image = Image.radial_gradient("L").resize((1600, 1200)).convert("RGB")
     image.save(path, quality=92)
-    start = time.perf_counter()
     drafted = decode_image(path, DecodeConfig(image_size=224)).pixels.float()
     full = decode_image(path, DecodeConfig(image_size=224, use_draft=False)).pixels.float()
-    assert time.perf_counter() - start < 5
     assert (drafted - full).abs().mean() < 3.0
 
 

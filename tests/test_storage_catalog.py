@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import date, datetime
 from pathlib import Path
 
@@ -244,7 +243,9 @@ def test_storage_content_hash_of_bytes_equals_the_file_hash(tmp_path: Path, size
     assert content_hash_of_bytes(bytearray(data)) == content_hash(tmp_path / "f")
 
 
-def test_storage_catalog_known_files_loads_100k_rows_fast(catalog: Catalog) -> None:
+def test_storage_catalog_known_files_loads_100k_rows(catalog: Catalog) -> None:
+    # Correctness at re-scan scale only: its speed is a benchmark's business
+    # (benchmarks/bench_index.py --rescan, BENCHMARKS.md section 4), not a timed test's.
     rows = [
         (ROOT, f"d{i // 1000}/{i}.jpg", f"d{i // 1000}", i, i, f"{i:032x}", "ok")
         for i in range(100_000)
@@ -255,19 +256,16 @@ def test_storage_catalog_known_files_loads_100k_rows_fast(catalog: Catalog) -> N
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
-    start = time.perf_counter()
-    with catalog.db.engine.connect() as conn:  # the floor: the driver's own fetch
-        conn.exec_driver_sql(
-            "SELECT path, id, size, mtime_ns, content_hash, status FROM images WHERE root = ?",
-            (ROOT,),
-        ).all()
-    driver = time.perf_counter() - start
-    start = time.perf_counter()
     known = catalog.known_files(ROOT)
-    elapsed = time.perf_counter() - start
-    assert len(known) == 100_000 and known["d5/5000.jpg"].size == 5000
-    # Relative bound: the CPUs are shared. Unloaded, this is ~0.3 s against ~0.1 s for the driver.
-    assert elapsed < 4 * driver + 0.5, f"known_files {elapsed:.2f}s, driver fetch {driver:.2f}s"
+    assert len(known) == 100_000
+    row = known["d5/5000.jpg"]
+    assert (row.size, row.mtime_ns, row.content_hash, row.status) == (
+        5000,
+        5000,
+        f"{5000:032x}",
+        "ok",
+    )
+    assert catalog.known_files("/elsewhere") == {}
 
 
 def test_storage_catalog_images_missing_caption_per_model(catalog: Catalog) -> None:
