@@ -2,7 +2,8 @@
 
     python benchmarks/bench_decode_worker.py --photos /tmp/lib   # written there when missing
 
-One process: open + draft decode + `Preprocess.resize_for_model` of 16 photos, the best of 7
+One process: open + draft decode + `Preprocess.pixels_for_model` (the indexer's; the code before
+it had `resize_for_model` only, which the script then times) of 16 photos, the best of 7
 rounds of 10 (ms per photo). Then `indexer.decode.decode_all` in `--workers` processes over
 `--count` photos (photos/s), as the indexer's Pillow path runs them (hashing included).
 """
@@ -40,7 +41,8 @@ def main() -> None:
     bench_index.library(args.photos, args.count, (width, height), grain=6.0)
     paths = sorted(args.photos / found.relative_path for found in walk_images(args.photos))
     torch.set_num_threads(1)  # as in a decode worker process
-    prepare = Preprocess(PreprocessConfig(image_size=224)).resize_for_model
+    preprocess = Preprocess(PreprocessConfig(image_size=224))
+    prepare = getattr(preprocess, "pixels_for_model", preprocess.resize_for_model)
 
     def one_round() -> None:
         for path in paths[:16]:

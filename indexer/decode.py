@@ -29,9 +29,10 @@ from storage.hashing import content_hash, content_hash_of_bytes
 
 logger = logging.getLogger(__name__)
 
-# Turns an oriented, loaded photo into the model's S x S RGB input: the model's own
-# `preprocess.resize_for_model`, so decoding matches what `model.preprocess` would do.
-Prepare = Callable[[Image.Image], Image.Image]
+# Turns an oriented, loaded photo into the model's S x S RGB input, as a PIL image or a uint8
+# (3, S, S) tensor: the model's own `preprocess.pixels_for_model` (the indexer's choice; or
+# `resize_for_model`), so decoding matches what `model.preprocess` would do.
+Prepare = Callable[[Image.Image], Image.Image | torch.Tensor]
 
 _EXIF_IFD = 0x8769
 _TAG_ORIENTATION = 0x0112
@@ -175,7 +176,7 @@ def register_heif_opener() -> None:
 
 def default_prepare(image_size: int) -> Prepare:
     """CLIP-style preparation (shorter side to S, centre crop) when no model is at hand."""
-    return Preprocess(PreprocessConfig(image_size=image_size)).resize_for_model
+    return Preprocess(PreprocessConfig(image_size=image_size)).pixels_for_model
 
 
 def decode_image(path: Path, config: DecodeConfig, prepare: Prepare | None = None) -> DecodedImage:
@@ -200,7 +201,10 @@ def _decode_open_image(image: Image.Image, config: DecodeConfig, prepare: Prepar
     transpose = _ORIENTATION_TRANSPOSES.get(header.orientation)
     oriented = image.transpose(transpose) if transpose is not None else image
     square = prepare(oriented)
-    pixels = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)  # (H,W,3) -> (3,S,S)
+    if isinstance(square, torch.Tensor):
+        pixels = square  # uint8 (3, S, S)
+    else:
+        pixels = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)  # (H,W,3) -> (3,S,S)
     return DecodedImage(
         pixels, header.width, header.height, header.format, header.taken_at, header.camera
     )

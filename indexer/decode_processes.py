@@ -115,7 +115,7 @@ def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
 
 
 def _init_worker() -> None:
-    """Worker initializer: one torch thread (the resize in `Preprocess.resize_for_model` runs a
+    """Worker initializer: one torch thread (the resize in `Preprocess.pixels_for_model` runs a
     torch kernel; every core already has its own worker), and die with the parent."""
     torch.set_num_threads(1)
     _die_with_parent()

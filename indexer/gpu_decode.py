@@ -217,7 +217,7 @@ class ChunkDecoder:
                 side.synchronize()
         for index, result in enumerate(results):
             if result is None:  # decode_jpeg rejected it: the Pillow path decides
-                prepare = self.preprocess.resize_for_model
+                prepare = self.preprocess.pixels_for_model
                 results[index] = decode_or_error(items[index].path, self.config, prepare)
         return results  # type: ignore[return-value] - every slot is filled above
 
@@ -264,7 +264,7 @@ def decode_all_on_device(
     decoding goes on while the caller runs the model.
     """
     work = read_jpeg_header_or_decode if config.uses_processes() else read_jpeg_or_decode
-    items = map_files(paths, config, preprocess.resize_for_model, work)
+    items = map_files(paths, config, preprocess.pixels_for_model, work)
     decoder = ChunkDecoder(config, preprocess, device)
     threads = config.gpu_threads
     chunks = ordered_map(
@@ -286,7 +286,7 @@ def decode_for_model(
     (resolved by `resolve_decoder`), else in Pillow's worker pool."""
     if config.decoder == "gpu":
         return decode_all_on_device(paths, config, preprocess, device)
-    return decode_all(paths, config, preprocess.resize_for_model)
+    return decode_all(paths, config, preprocess.pixels_for_model)
 
 
 def _chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -305,3 +305,21 @@ def test_resize_for_model_keeps_pillow_for_upscaling_and_panoramas() -> None:
         reference = preprocess(image)
         fast = preprocess.batch([to_uint8_tensor(small)])[0]
         assert (fast - reference).abs().mean().item() < 0.05
+
+
+def test_pixels_for_model_are_resize_for_models_pixels_as_a_tensor() -> None:
+    preprocess = Preprocess(PreprocessConfig(image_size=SIZE))
+    rng = np.random.default_rng(5)
+    noisy = Image.fromarray(rng.integers(0, 256, (3 * SIZE, 4 * SIZE, 3), dtype=np.uint8))
+    images = {
+        "shrunk with torch": noisy,
+        "upscaled": rgb_image(SIZE // 2, SIZE // 3),
+        "panorama": rgb_image(40 * SIZE, SIZE),
+        "with alpha": noisy.convert("RGBA"),
+        "grey": noisy.convert("L"),
+    }
+    for name, image in images.items():
+        pixels = preprocess.pixels_for_model(image.copy())
+        expected = to_uint8_tensor(preprocess.resize_for_model(image.copy()))
+        assert pixels.shape == (3, SIZE, SIZE) and pixels.dtype == torch.uint8, name
+        assert torch.equal(pixels, expected), name
