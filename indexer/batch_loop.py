@@ -35,11 +35,15 @@ class _Batch:
     """Decoded images waiting for the model, plus failures to record with them."""
 
     items: list[WorkItem] = field(default_factory=list)
+    # The photos' metadata (pixels stripped, see _gather) and, apart, their pixels, which the
+    # model thread lets go of as soon as the model has run: GPU-decoded pixels are views that
+    # keep their whole decoded chunk alive.
     images: list[DecodedImage] = field(default_factory=list)
+    pixels: list[torch.Tensor] = field(default_factory=list)  # uint8 (3, S, S) each
     failures: list[tuple[WorkItem, str]] = field(default_factory=list)
 
 
-_NO_PIXELS = torch.empty(0, dtype=torch.uint8)  # a committed batch's photos: metadata only
+_NO_PIXELS = torch.empty(0, dtype=torch.uint8)  # a batch's photos: metadata only
 
 
 class BatchLoop:
@@ -135,7 +139,10 @@ class BatchLoop:
                 batch.failures.append((item, result.error or "unknown decode error"))
             else:
                 batch.items.append(item)
-                batch.images.append(result.image)
+                # Stripped here, off the model thread, whose host time between GPU batches
+                # leaves the GPU idle; this thread mostly waits for the decoders.
+                batch.pixels.append(result.image.pixels)
+                batch.images.append(dataclasses.replace(result.image, pixels=_NO_PIXELS))
             if len(batch.images) >= self.config.encode.batch_size:
                 in_model = self._hand_over(modeller, in_model, batch)
                 batch = _Batch()
@@ -152,9 +159,9 @@ class BatchLoop:
 
     def _encode_then_commit(self, batch: _Batch) -> None:
         """Model thread: run the model on a batch, then queue it for the commit thread."""
-        pixels = [image.pixels for image in batch.images]  # uint8 (3, S, S) each
+        pixels, batch.pixels = batch.pixels, []
         encoded = self.encoder.encode_ids(pixels) if pixels else None
-        del pixels  # the commit thread lets go of the batch's pixels (see _commit)
+        del pixels  # the commit needs the photos' metadata only
         if encoded is not None:
             self.times["model"] += encoded.gpu_seconds
             self.times["model_device"] += encoded.device_seconds
@@ -170,10 +177,6 @@ class BatchLoop:
 
     def _commit(self, batch: _Batch, encoded) -> None:  # noqa: ANN001 - EncodedBatch | None
         start = time.perf_counter()
-        # The commit needs the photos' metadata only; GPU-decoded pixels are views that keep
-        # their whole decoded chunk alive, so they are let go first. Here rather than on the
-        # model thread, whose every host microsecond between batches leaves the GPU idle.
-        batch.images = [dataclasses.replace(image, pixels=_NO_PIXELS) for image in batch.images]
         if encoded is not None:
             ids = self._store(batch, self.encoder.with_texts(encoded))
             self.index.add(ids, encoded.embeddings)

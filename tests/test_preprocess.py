@@ -323,3 +323,6 @@ def test_pixels_for_model_are_resize_for_models_pixels_as_a_tensor() -> None:
         expected = to_uint8_tensor(preprocess.resize_for_model(image.copy()))
         assert pixels.shape == (3, SIZE, SIZE) and pixels.dtype == torch.uint8, name
         assert torch.equal(pixels, expected), name
+        # Pillow's channel-last layout, exactly S x S: batches stack it with a plain copy.
+        assert pixels.permute(1, 2, 0).is_contiguous(), name
+        assert pixels.untyped_storage().nbytes() == 3 * SIZE * SIZE, name
