@@ -8,11 +8,12 @@ interpreter with the pool's result reader. This benchmark runs the real `run_ind
 path's code (worker processes read headers and hash, `indexer.gpu_decode.ChunkDecoder` hands
 JPEGs to the decoder, batches are gathered and committed to a real catalog and FAISS index) but
 replaces the three device calls with stand-ins that cost nothing on the host: nvJPEG
-(`decode_jpegs`), the resize (`to_model_pixels`) and the model (`BatchEncoder.encode`: random unit
-vectors, and captions turned into text by the real tokenizer). What is left is the host work per
-photo, reported as the indexing process's CPU seconds (user + system, all its threads; the
-worker processes excluded) per indexed photo. Lower is better; the GPU path cannot index faster
-than one photo per that many microseconds of one core, less where threads overlap.
+(`decode_jpegs`), the resize (`to_model_pixels`) and the model (`BatchEncoder.encode_ids`: random
+unit vectors and caption ids, which the commit thread turns into text with the real tokenizer).
+What is left is the host work per photo, reported as the indexing process's CPU seconds (user +
+system, all its threads; the worker processes excluded) per indexed photo. Lower is better; the
+GPU path cannot index faster than one photo per that many microseconds of one core, less where
+threads overlap.
 """
 
 from __future__ import annotations

@@ -253,7 +253,7 @@ class Preprocess:
         square = self._square(image)
         if isinstance(square, Image.Image):
             return square
-        return Image.fromarray(square.permute(1, 2, 0).contiguous().numpy())  # (S, S, 3)
+        return Image.fromarray(square.permute(1, 2, 0).numpy())  # (S, S, 3), no copy
 
     def pixels_for_model(self, image: Image.Image) -> torch.Tensor:
         """`resize_for_model`'s pixels as uint8 (3, S, S), the decode workers' form: the common
@@ -261,9 +261,7 @@ class Preprocess:
         time per photo). Channel-last in memory, Pillow's layout, which batching stacks with a
         plain copy (`indexer.encode`), and exactly S x S: nothing larger is kept alive."""
         square = self._square(image)
-        if isinstance(square, Image.Image):
-            return torch.from_numpy(np.array(square)).permute(2, 0, 1)  # RGB (S, S, 3) copy
-        return square.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        return channel_last_pixels(square) if isinstance(square, Image.Image) else square
 
     def _square(self, image: Image.Image) -> Image.Image | torch.Tensor:
         """resize_for_model's S x S pixels: uint8 (3, S, S) from `_shrink_and_crop`, else RGB."""
@@ -284,19 +282,20 @@ class Preprocess:
 
     def _shrink_and_crop(self, rgb: Image.Image, resized: tuple[int, int]) -> torch.Tensor:
         """The common case (a photo shrunk to at most twice the crop): torch's antialiased uint8
-        resize on channel-last pixels, then the centre crop: a uint8 (3, S, S) view.
+        resize on channel-last pixels, then the centre crop: uint8 (3, S, S), channel-last in
+        an exact-size copy (the crop alone would be a view keeping the whole shrunk photo).
 
         Deliberately not Pillow here: on a decode worker Pillow's resize of a draft-decoded
         1024x768 JPEG took 1.1 ms, a third of the photo's decode, and torch's vectorised uint8
         kernel 0.23 ms. Its pixels equal Pillow's box resize to within one level (mean 0.005).
         Decode processes run it on one torch thread (`indexer.decode_processes`).
         """
-        pixels = torch.from_numpy(np.array(rgb))  # (H, W, 3) uint8, a writable copy
-        channels_last = pixels.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) view, no copy
+        channels_last = channel_last_pixels(rgb).unsqueeze(0)  # (1, 3, H, W)
         shrunk = F.interpolate(
             channels_last, size=resized, mode=self.config.interpolation, antialias=True
         )  # (1, 3, h, w) uint8, h and w >= S: the crop needs no padding
-        return self._crop_or_pad_tensor(shrunk)[0]  # (3, S, S), the tensor path's crop
+        square = self._crop_or_pad_tensor(shrunk)[0]  # (3, S, S) view, the tensor path's crop
+        return square.permute(1, 2, 0).contiguous().permute(2, 0, 1)
 
     @staticmethod
     def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
@@ -337,13 +336,17 @@ def _to_8bit(image: Image.Image) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
+def channel_last_pixels(image: Image.Image) -> torch.Tensor:
+    """uint8 (3, H, W) of an RGB image: a view of a writable (H, W, 3) copy, Pillow's layout."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     """RGB uint8 (3, H, W) from a PIL image of any mode (L, LA, P, RGBA, CMYK, I;16, ...)."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, got {type(image).__name__}")
     _check_not_empty(image)
-    pixels = np.array(to_rgb(image), dtype=np.uint8)  # (H, W, 3), a writable copy
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (3, H, W)
+    return channel_last_pixels(to_rgb(image)).contiguous()  # (3, H, W), channels first
 
 
 def _padding(height: int, width: int, size: int) -> tuple[int, int, int, int]:

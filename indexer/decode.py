@@ -19,11 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import torch
 from PIL import Image
 
-from coca.preprocess import Preprocess, PreprocessConfig
+from coca.preprocess import Preprocess, PreprocessConfig, channel_last_pixels
 from indexer.ordered import ordered_map
 from storage.hashing import content_hash, content_hash_of_bytes
 
@@ -201,10 +200,7 @@ def _decode_open_image(image: Image.Image, config: DecodeConfig, prepare: Prepar
     transpose = _ORIENTATION_TRANSPOSES.get(header.orientation)
     oriented = image.transpose(transpose) if transpose is not None else image
     square = prepare(oriented)
-    if isinstance(square, torch.Tensor):
-        pixels = square  # uint8 (3, S, S)
-    else:
-        pixels = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)  # (H,W,3) -> (3,S,S)
+    pixels = square if isinstance(square, torch.Tensor) else channel_last_pixels(square)
     return DecodedImage(
         pixels, header.width, header.height, header.format, header.taken_at, header.camera
     )
