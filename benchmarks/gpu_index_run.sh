@@ -96,7 +96,9 @@ run() {
 # from Pillow to nvJPEG (indexer.gpu_decode.CPU_DECODE_WORKERS). RUN_LIST picks and orders runs;
 # the "_bf16" runs use bf16 weights, "b32_gpu_decode_pyspy" samples the indexer with py-spy (from
 # the carried wheels) into OUT/pyspy_b32_gpu.txt and is not a timing; "b32_gpu_decode_share" has
-# the decode workers decode CPU_SHARE (default 0.5) of the JPEGs with Pillow beside nvJPEG.
+# the decode workers decode CPU_SHARE (default 0.5) of the JPEGs with Pillow beside nvJPEG;
+# "_b1024" takes batches of 1,024 photos (the caption step is latency-bound: 8x the rows cost
+# 1.3x the time in runs 1-5), "b32_gpu_decode_best" all three (bf16, the share, 1,024).
 named_run() {
     case $1 in
     b32_gpu_decode) run "$1" 80 all "${COMMON[@]}" "${B32[@]}" --workers 14 \
@@ -105,6 +107,10 @@ named_run() {
         --decode "$GPU_DECODE" --weights bf16 ;;
     b32_gpu_decode_share) run "$1" 80 all "${COMMON[@]}" "${B32[@]}" --workers 14 \
         --decode "$GPU_DECODE" --cpu-share "${CPU_SHARE:-0.5}" ;;
+    b32_gpu_decode_b1024) run "$1" 80 all "${COMMON[@]}" "${B32[@]}" --workers 14 \
+        --decode "$GPU_DECODE" --batch-size 1024 ;;
+    b32_gpu_decode_best) run "$1" 80 all "${COMMON[@]}" "${B32[@]}" --workers 14 \
+        --decode "$GPU_DECODE" --weights bf16 --cpu-share "${CPU_SHARE:-0.5}" --batch-size 1024 ;;
     b32_cpu_decode) run "$1" 65 all "${COMMON[@]}" "${B32[@]}" --workers 14 --decode cpu \
         --decode-only-count "$DECODE_ONLY" ;;
     l14_gpu_decode) run "$1" 45 all "${COMMON[@]}" "${L14[@]}" --workers 14 --decode "$GPU_DECODE" ;;
@@ -132,7 +138,7 @@ import json, statistics, sys
 from pathlib import Path
 
 runs, out = Path(sys.argv[1]), Path(sys.argv[2])
-names = [f"{model}_{decoder}_decode{variant}" for variant in ("", "_share", "_bf16", "_8cpu", "_pyspy")
+names = [f"{model}_{decoder}_decode{variant}" for variant in ("", "_share", "_bf16", "_b1024", "_best", "_8cpu", "_pyspy")
          for model in ("b32", "l14") for decoder in ("gpu", "cpu")]
 results = []
 for name in names:
