@@ -146,7 +146,7 @@ def demo_command(
         data=data_dir,
         model=model,
         device=device,
-        batch_size=32,
+        batch_size=None,  # the index command's default for the device
         workers=os.cpu_count() or 2,
         no_captions=False,
         as_json=False,

@@ -76,7 +76,13 @@ def index_command(
     data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
     model: str = typer.Option("default", "--model", help="Model: default, a folder or a hub id."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Images per batch."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        max=4096,
+        help="Images per batch (default: 512 on a GPU, 32 on the CPU).",
+    ),
     workers: int = typer.Option(
         os.cpu_count() or 2, "--workers", min=1, max=256, help="Decode threads (default: CPUs)."
     ),
@@ -114,9 +120,10 @@ def index_command(
     resolved = _device(device)
     import torch
 
-    from indexer.encode import default_threads
+    from indexer.encode import default_batch_size, default_threads
 
     torch.set_num_threads(threads or default_threads(torch.device(resolved)))
+    batch_size = batch_size or default_batch_size(torch.device(resolved))
     loaded = _load_model(model, resolved)
     catalog = _open_catalog(layout.data_dir)
     config = IndexConfig(

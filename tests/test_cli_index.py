@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import storage
@@ -167,3 +168,42 @@ def test_cli_search_on_an_empty_data_folder_says_what_to_do(bundle: Path, tmp_pa
     )
     assert result.exit_code == 2
     assert "index your photos" in result.output
+
+
+@pytest.mark.parametrize(
+    "device, flag, expected",
+    [("cpu", [], 32), ("cuda", [], 512), ("cpu", ["--batch-size", "7"], 7)],
+)
+def test_cli_index_batch_size_defaults_to_the_device(
+    device: str,
+    flag: list[str],
+    expected: int,
+    bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without --batch-size a GPU gets big batches (its caption step is latency-bound) and the CPU
+    small ones; the device is faked so that the GPU default is checked on CPU-only CI."""
+    import coca
+    import indexer.pipeline
+    from coca_search import index_commands
+
+    seen: dict[str, int] = {}
+
+    def fake_run_index(config, loaded, catalog, report):  # noqa: ANN001, ANN202
+        seen["batch_size"] = config.encode.batch_size
+        raise KeyboardInterrupt  # stop before any work; the command reports it cleanly
+
+    monkeypatch.setattr(index_commands, "_device", lambda choice: device)
+    monkeypatch.setattr(index_commands, "_load_model", lambda source, where: coca.load(source))
+    monkeypatch.setattr(indexer.pipeline, "run_index", fake_run_index)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    args = ["index", str(photos), "--data", str(tmp_path / "data"), "--model", str(bundle), *flag]
+    threads = torch.get_num_threads()  # the command sets them for the device: put them back
+    try:
+        result = runner.invoke(cli.app, args)
+    finally:
+        torch.set_num_threads(threads)
+    assert "interrupted" in result.output
+    assert seen == {"batch_size": expected}
