@@ -147,7 +147,7 @@ def demo_command(
         model=model,
         device=device,
         batch_size=None,  # the index command's default for the device
-        workers=os.cpu_count() or 2,
+        workers=None,
         no_captions=False,
         as_json=False,
     )

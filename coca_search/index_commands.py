@@ -83,8 +83,12 @@ def index_command(
         max=4096,
         help="Images per batch (default: 512 on a GPU, 32 on the CPU).",
     ),
-    workers: int = typer.Option(
-        os.cpu_count() or 2, "--workers", min=1, max=256, help="Decode threads (default: CPUs)."
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        max=256,
+        help="Decode workers (default: one per CPU core; with a GPU, all cores but two).",
     ),
     no_captions: bool = typer.Option(False, "--no-captions", help="Embeddings only, no captions."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -120,10 +124,11 @@ def index_command(
     resolved = _device(device)
     import torch
 
-    from indexer.encode import default_batch_size, default_threads
+    from indexer.encode import default_batch_size, default_decode_workers, default_threads
 
     torch.set_num_threads(threads or default_threads(torch.device(resolved)))
     batch_size = batch_size or default_batch_size(torch.device(resolved))
+    workers = workers or default_decode_workers(torch.device(resolved))
     loaded = _load_model(model, resolved)
     catalog = _open_catalog(layout.data_dir)
     config = IndexConfig(

@@ -90,6 +90,18 @@ def default_batch_size(device: torch.device) -> int:
     return GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
 
 
+# Cores a GPU run leaves to the indexing process (its gather, model and commit threads launch the
+# GPU work and write the catalog). The H100 benchmarks ran 14 decode workers on 16 cores.
+GPU_HOST_CORES = 2
+
+
+def default_decode_workers(device: torch.device) -> int:
+    """Decode workers when --workers is not given: every core on the CPU (the decoders and the
+    model take turns there), all but GPU_HOST_CORES with a GPU."""
+    cores = os.cpu_count() or 2
+    return max(1, cores - GPU_HOST_CORES) if device.type == "cuda" else cores
+
+
 def resolve_device(choice: str) -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA without one is a clear error."""
     if choice == "auto":

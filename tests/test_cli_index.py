@@ -170,20 +170,29 @@ def test_cli_search_on_an_empty_data_folder_says_what_to_do(bundle: Path, tmp_pa
     assert "index your photos" in result.output
 
 
+CORES = os.cpu_count() or 2
+
+
 @pytest.mark.parametrize(
-    "device, flag, expected",
-    [("cpu", [], 32), ("cuda", [], 512), ("cpu", ["--batch-size", "7"], 7)],
+    "device, flags, batch_size, workers",
+    [
+        ("cpu", [], 32, CORES),
+        ("cuda", [], 512, max(1, CORES - 2)),
+        ("cuda", ["--batch-size", "7", "--workers", "3"], 7, 3),
+    ],
 )
-def test_cli_index_batch_size_defaults_to_the_device(
+def test_cli_index_batch_size_and_workers_default_to_the_device(
     device: str,
-    flag: list[str],
-    expected: int,
+    flags: list[str],
+    batch_size: int,
+    workers: int,
     bundle: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without --batch-size a GPU gets big batches (its caption step is latency-bound) and the CPU
-    small ones; the device is faked so that the GPU default is checked on CPU-only CI."""
+    """Without the flags a GPU gets big batches (its caption step is latency-bound) and leaves two
+    cores to the indexing process, the CPU gets small batches and every core decoding; the device
+    is faked so that the GPU defaults are checked on CPU-only CI."""
     import coca
     import indexer.pipeline
     from coca_search import index_commands
@@ -191,7 +200,7 @@ def test_cli_index_batch_size_defaults_to_the_device(
     seen: dict[str, int] = {}
 
     def fake_run_index(config, loaded, catalog, report):  # noqa: ANN001, ANN202
-        seen["batch_size"] = config.encode.batch_size
+        seen.update(batch_size=config.encode.batch_size, workers=config.decode.workers)
         raise KeyboardInterrupt  # stop before any work; the command reports it cleanly
 
     monkeypatch.setattr(index_commands, "_device", lambda choice: device)
@@ -199,11 +208,11 @@ def test_cli_index_batch_size_defaults_to_the_device(
     monkeypatch.setattr(indexer.pipeline, "run_index", fake_run_index)
     photos = tmp_path / "photos"
     photos.mkdir()
-    args = ["index", str(photos), "--data", str(tmp_path / "data"), "--model", str(bundle), *flag]
+    args = ["index", str(photos), "--data", str(tmp_path / "data"), "--model", str(bundle), *flags]
     threads = torch.get_num_threads()  # the command sets them for the device: put them back
     try:
         result = runner.invoke(cli.app, args)
     finally:
         torch.set_num_threads(threads)
     assert "interrupted" in result.output
-    assert seen == {"batch_size": expected}
+    assert seen == {"batch_size": batch_size, "workers": workers}
