@@ -169,8 +169,12 @@ def _heap_frozen() -> Iterator[None]:
     photo, on the indexing process's interpreter, shared by the decode, model and commit
     threads. Frozen, those objects are skipped (and the forked decode workers share their pages
     untouched); the run's own garbage is collected as usual. Unfrozen afterwards, so a caller's
-    later garbage among them is collected again.
+    later garbage among them is collected again. A caller that froze the heap itself keeps it
+    as it was: gc.unfreeze would thaw its objects too, so nothing is touched then.
     """
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield

@@ -150,6 +150,18 @@ def test_pipeline_keeps_the_garbage_collector_off_older_objects_during_the_run(
     assert gc.get_freeze_count() == 0  # lifted at the end: older garbage is collectable again
 
 
+def test_pipeline_leaves_a_callers_own_heap_freeze_in_place(library: Library) -> None:
+    write_library(library.photos, 3)
+    gc.freeze()
+    try:
+        frozen_before = gc.get_freeze_count()
+        assert library.index().indexed == 3
+        # Not thawed by the run (frozen objects that die still leave the count, hence not ==).
+        assert gc.get_freeze_count() > frozen_before // 2
+    finally:
+        gc.unfreeze()
+
+
 def test_pipeline_second_run_skips_everything(library: Library) -> None:
     write_library(library.photos, 5)
     library.index()
