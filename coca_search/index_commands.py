@@ -208,7 +208,12 @@ def search_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     hybrid: bool = typer.Option(False, "--hybrid", help="Fuse with caption full-text matches."),
     min_score: float | None = typer.Option(None, "--min-score", help="Drop cosine below this."),
-    folder: str | None = typer.Option(None, "--folder", help="Only photos under this folder."),
+    folder: str | None = typer.Option(
+        None,
+        "--folder",
+        help="Only photos under this folder: a path (absolute or from here) or one inside the "
+        "library, such as 2024/summer.",
+    ),
     date_from: str | None = typer.Option(None, "--from", help="Only photos on/after YYYY-MM-DD."),
     date_to: str | None = typer.Option(None, "--to", help="Only photos on/before YYYY-MM-DD."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results."),
@@ -216,7 +221,7 @@ def search_command(
     """Search the catalog by text: top-k photos with path, score and caption."""
     from search_app.search import SearchError, SearchFilters, open_engine
 
-    filters = SearchFilters(folder, _date(date_from, "--from"), _date(date_to, "--to"))
+    filters = SearchFilters(_folder(folder), _date(date_from, "--from"), _date(date_to, "--to"))
     data_dir = (data or default_data_dir()).expanduser()
     loaded = _load_model(model, _device(device))
     try:
@@ -232,6 +237,15 @@ def search_command(
     for result in response.results:
         typer.echo(f"{result.score:.4f}  {result.path}\n        {result.caption or ''}")
     logger.info("%d results in %.1f ms", len(response.results), response.latency_ms)
+
+
+def _folder(text: str | None) -> str | None:
+    """A folder that exists from here (`.`, `../photos/2024`) becomes absolute, so it is matched
+    against the library roots; anything else is a folder inside the library."""
+    if not text or Path(text).is_absolute():
+        return text
+    here = Path(text).expanduser()
+    return str(here.resolve()) if here.is_dir() else text
 
 
 def _date(text: str | None, flag: str) -> date | None:

@@ -28,7 +28,9 @@ def _absolute_folder(folder: str, roots: Sequence[str]) -> ColumnElement[bool]:
     clauses: list[ColumnElement[bool]] = []
     for root in roots:
         root_path = PurePosixPath(root)
-        if target == root_path or root_path in target.parents:
+        if target == root_path:
+            clauses.append(Image.root == root)  # the library root itself: all of its photos
+        elif root_path in target.parents:
             clauses.append(
                 and_(Image.root == root, under_folder(str(target.relative_to(root_path))))
             )

@@ -136,6 +136,16 @@ def test_cli_index_then_search_end_to_end(tmp_path: Path, bundle: Path) -> None:
         assert isinstance(item["caption"], str) and item["caption"]
     plain = coca_search("search", "a noisy photo", *base, "-k", "2").stdout
     assert found[0]["path"] in plain
+    # --folder as the library root itself (absolute, or relative to the command's folder) and as
+    # a folder inside the library.
+    everything = 10 + len(corpus) - bad
+    for folder, expected in (
+        (str(photos), everything),
+        (os.path.relpath(photos, REPO), everything),
+        ("odd", len(corpus) - bad),
+    ):
+        args = ["search", "a noisy photo", *base, "-k", "100", "--folder", folder, "--json"]
+        assert len(json.loads(coca_search(*args).stdout)) == expected, folder
 
 
 runner = CliRunner()

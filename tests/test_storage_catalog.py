@@ -198,6 +198,9 @@ def test_storage_catalog_browse_filters_and_pages(catalog: Catalog) -> None:
     assert [d.image.path for d in last.items] == ["2023/trip/0.jpg"]
     assert catalog.list_images(ImageFilter(folder="/photos/2023")).total == 7
     assert catalog.list_images(ImageFilter(folder="/elsewhere")).total == 0
+    # The library root itself, with or without a trailing slash, and a folder above it.
+    for whole_library in ("/photos", "/photos/", "/"):
+        assert catalog.list_images(ImageFilter(folder=whole_library)).total == 10
     in_july = ImageFilter(date_from=date(2023, 7, 2), date_to=date(2023, 7, 3))
     assert {d.image.path for d in catalog.list_images(in_july).items} == {
         "2023/trip/1.jpg",
