@@ -35,7 +35,7 @@ from indexer.records import (
     StageTimes,
     WorkItem,
 )
-from indexer.scan import ScanDiff, diff_library, walk_images
+from indexer.scan import ScanDiff, diff_library, printable_path, storable_path, walk_images
 from storage import Catalog, VectorIndex, open_or_rebuild
 
 # Re-exported: callers build an IndexConfig and read progress from the module they run.
@@ -95,6 +95,11 @@ def run_index(
     root = config.photos_dir.expanduser().resolve()
     if not root.is_dir():
         raise NotADirectoryError(f"{config.photos_dir} is not a folder; pass your photo folder")
+    if not storable_path(str(root)):
+        raise NotADirectoryError(
+            f"{printable_path(str(root))}: the folder's path is not valid UTF-8, which the "
+            "catalog cannot store; rename it to index it"
+        )
     model_id = register_model(catalog, model)
     # Resolved before any work, so --decode gpu where it cannot run fails at once.
     device = next(model.parameters()).device
@@ -104,7 +109,9 @@ def run_index(
         open_start = time.perf_counter()
         index = open_or_rebuild(catalog, model_id, config.index_path, config.vectors)
         scan_start = time.perf_counter()
-        diff = diff_library(root, walk_images(root), catalog.known_files(root.as_posix()))
+        unstorable: list[str] = []
+        found = walk_images(root, unstorable)
+        diff = diff_library(root, found, catalog.known_files(root.as_posix()))
         removed = _apply_removals(catalog, index, diff)
         _apply_moves(catalog, index, root.as_posix(), diff)
         work = _plan_work(catalog, model_id, root.as_posix(), diff, config.encode.captions)
@@ -130,7 +137,7 @@ def run_index(
         unchanged=len(diff.unchanged),
         moved=len(diff.moved),
         removed=removed,
-        errors=run.errors,
+        errors=run.errors + len(unstorable),  # files with names the catalog cannot store
         seconds=round(seconds, 3),
         images_per_second=round(run.indexed / seconds, 2) if seconds > 0 else 0.0,
         times=StageTimes(**{k: round(v, 3) for k, v in run.times.items()}),

@@ -75,16 +75,37 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def walk_images(root: Path) -> Iterator[FoundFile]:
+def storable_path(path: str) -> bool:
+    """Whether the catalog can store `path`: it keeps paths as UTF-8 text, and on Linux a file
+    name is any bytes, which Python hands over with the invalid ones as lone surrogates."""
+    if path.isascii():
+        return True
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: str) -> str:
+    """`path` for a message, its undecodable bytes written as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def walk_images(root: Path, unstorable: list[str] | None = None) -> Iterator[FoundFile]:
     """Yield every image file under `root`, skipping hidden entries and never looping on symlinks.
 
     Symlinked folders are followed once: each directory is identified by its (device, inode) pair
-    and one already visited is skipped, so a link pointing back up the tree ends the descent.
+    and one already visited is skipped, and a link to the root or a folder above it is not
+    followed (it would bring in everything beside the library).
+    Image files (and folders) whose names are not valid UTF-8 cannot be catalogued: each is
+    logged, appended to `unstorable` when given, and skipped.
     """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder; pass the folder that holds your photos")
     visited: set[tuple[int, int]] = set()
+    real_root = os.path.realpath(root)
     stack: list[tuple[str, str]] = [(os.fspath(root), "")]
     while stack:
         folder, prefix = stack.pop()
@@ -98,13 +119,41 @@ def walk_images(root: Path) -> Iterator[FoundFile]:
             logger.debug("skipping %s: already visited (symlink loop or second link)", folder)
             continue
         visited.add(key)
-        subfolders, files = _list_folder(folder, prefix)
-        yield from files
+        subfolders, files = _list_folder(folder, prefix, real_root)
+        for found in files:
+            if storable_path(found.relative_path):
+                yield found
+            else:
+                _skip_unstorable(found.relative_path, unstorable)
+        for subfolder in [entry for entry in subfolders if not storable_path(entry[1])]:
+            subfolders.remove(subfolder)
+            _skip_unstorable(subfolder[1], unstorable)
         # Reverse so that the stack pops folders in name order: a deterministic walk.
         stack.extend(reversed(subfolders))
 
 
-def _list_folder(folder: str, prefix: str) -> tuple[list[tuple[str, str]], list[FoundFile]]:
+def _skip_unstorable(relative: str, unstorable: list[str] | None) -> None:
+    logger.warning(
+        "skipping %s: its name is not valid UTF-8, which the catalog cannot store; rename it "
+        "to index it",
+        printable_path(relative),
+    )
+    if unstorable is not None:
+        unstorable.append(relative)
+
+
+def _links_above(entry: os.DirEntry[str], real_root: str) -> bool:
+    """A symlinked folder that points at the library root or above it: following it would pull
+    in the root's parent folders (everything beside the library), not photos of the library."""
+    if not entry.is_symlink():
+        return False
+    target = os.path.realpath(entry.path)
+    return real_root == target or real_root.startswith(target.rstrip("/") + "/")
+
+
+def _list_folder(
+    folder: str, prefix: str, real_root: str
+) -> tuple[list[tuple[str, str]], list[FoundFile]]:
     """One folder's image files (sorted) and its subfolders to visit."""
     subfolders: list[tuple[str, str]] = []
     files: list[FoundFile] = []
@@ -120,7 +169,12 @@ def _list_folder(folder: str, prefix: str) -> tuple[list[tuple[str, str]], list[
         relative = f"{prefix}{entry.name}"
         try:
             if entry.is_dir():  # follows symlinks; loops are cut by the visited set
-                subfolders.append((entry.path, relative + "/"))
+                if _links_above(entry, real_root):
+                    logger.warning(
+                        "skipping %s: it links to a folder above the library", entry.path
+                    )
+                else:
+                    subfolders.append((entry.path, relative + "/"))
             elif is_image_name(entry.name) and entry.is_file():
                 stat = entry.stat()
                 files.append(FoundFile(relative, stat.st_size, stat.st_mtime_ns))

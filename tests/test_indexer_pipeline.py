@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from pathlib import Path
 
@@ -160,6 +161,21 @@ def test_pipeline_leaves_a_callers_own_heap_freeze_in_place(library: Library) ->
         assert gc.get_freeze_count() > frozen_before // 2
     finally:
         gc.unfreeze()
+
+
+def test_pipeline_counts_a_name_that_is_not_utf8_as_an_error_and_indexes_the_rest(
+    library: Library,
+) -> None:
+    photos = write_library(library.photos, 3)
+    try:
+        (library.photos / os.fsdecode(b"caf\xe9.jpg")).write_bytes(photos[0].read_bytes())
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    summary = library.index()
+    assert (summary.indexed, summary.errors) == (3, 1)
+    assert sorted(library.paths()) == sorted(
+        p.relative_to(library.photos).as_posix() for p in photos
+    )
 
 
 def test_pipeline_second_run_skips_everything(library: Library) -> None:

@@ -166,3 +166,30 @@ def test_decode_workers_hash_files_as_the_scan_does(tmp_path: Path, backend: str
     assert errors >= 5  # failed files keep their hash too (the catalog stores it with the error)
     unasked = list(decode_all(paths[:3], DecodeConfig(image_size=32, workers=2)))
     assert [r.content_hash for r in unasked] == [None] * 3
+
+
+def test_scan_does_not_climb_a_link_to_a_folder_above_the_library(tmp_path: Path) -> None:
+    write_library(tmp_path / "beside", 3, folders=1)  # not part of the library
+    library = tmp_path / "library"
+    write_library(library, 2, folders=1)
+    os.symlink("..", library / "album0" / "up_two")  # the library root
+    os.symlink("../..", library / "album0" / "up_three")  # above it: would bring in "beside"
+    found = sorted(f.relative_path for f in walk_images(library))
+    assert found == ["album0/img_00000.jpg", "album0/img_00001.jpg"]
+
+
+def test_scan_skips_names_that_are_not_utf8_and_reports_them(tmp_path: Path) -> None:
+    write_library(tmp_path, 2, folders=1)
+    source = tmp_path / "album0" / "img_00000.jpg"
+    bad_file = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes: a lone surrogate in Python
+    bad_folder = os.fsdecode(b"\xe9t\xe9")
+    try:
+        (tmp_path / bad_file).write_bytes(source.read_bytes())
+        (tmp_path / bad_folder).mkdir()
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    (tmp_path / bad_folder / "x.jpg").write_bytes(source.read_bytes())
+    unstorable: list[str] = []
+    found = [f.relative_path for f in walk_images(tmp_path, unstorable)]
+    assert sorted(found) == ["album0/img_00000.jpg", "album0/img_00001.jpg"]
+    assert sorted(unstorable) == sorted([bad_file, bad_folder + "/"])
