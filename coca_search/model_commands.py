@@ -11,10 +11,17 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    import torch
+
+    from coca.generate import DecodingConfig
+    from indexer.decode import DecodeConfig, DecodeResult, Prepare
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +57,7 @@ def _load_model(source: str, device: str) -> Any:
         raise _fail(f"cannot load model {source!r}: {exc}", 2) from exc
 
 
-def _decoding(name: str) -> Any:
+def _decoding(name: str) -> DecodingConfig:
     from coca.generate import DecodingConfig
 
     if name not in DECODINGS:
@@ -58,20 +65,64 @@ def _decoding(name: str) -> Any:
     return DecodingConfig(generation_type=name)
 
 
-def _open_images(paths: list[Path]) -> tuple[list[tuple[Path, Any]], list[tuple[Path, str]]]:
-    """Decoded RGB images, and (path, reason) for those that could not be read."""
-    from PIL import Image, UnidentifiedImageError
+def _decode_for_caption(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeResult:
+    """One file as the model's uint8 (3, S, S) input, decoded exactly as `index` decodes it (EXIF
+    orientation, decompression-bomb refusal, JPEG draft), or the one-line reason it cannot be."""
+    from indexer.decode import DecodeResult, decode_image
 
-    good, bad = [], []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                good.append((path, image.convert("RGB")))
-        except FileNotFoundError:
-            bad.append((path, "no such file"))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            bad.append((path, f"not a readable image ({exc})"))
-    return good, bad
+    try:
+        return DecodeResult(path, decode_image(path, config, prepare), None)
+    except FileNotFoundError:
+        return DecodeResult(path, None, "no such file")
+    except MemoryError:
+        return DecodeResult(path, None, "not enough memory to decode this image")
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+        return DecodeResult(path, None, f"not a readable image ({exc})")
+
+
+def _decode_stream(
+    paths: list[Path], net: Any, batch_size: int
+) -> Generator[DecodeResult, None, None]:
+    """The files' model inputs in input order, decoded at most one batch ahead of the model, so
+    memory follows --batch-size rather than the number of files."""
+    import torch
+
+    from indexer.decode import DecodeConfig, map_files
+    from indexer.encode import default_decode_workers
+
+    config = DecodeConfig(
+        image_size=net.preprocess.image_size,
+        # No more workers than a batch: each holds one photo at full size while it decodes.
+        workers=min(batch_size, default_decode_workers(torch.device(net.device))),
+        prefetch=batch_size,
+        backend="threads",  # a caption run is short: forking decode processes would not pay
+    )
+    return map_files(paths, config, net.preprocess.pixels_for_model, _decode_for_caption)
+
+
+def _caption_pixels(net: Any, pixels: list[torch.Tensor], decoding: DecodingConfig) -> list[str]:
+    """Captions for decoded uint8 (3, S, S) model inputs; they are already model-sized, so only
+    normalisation is left of the model's preprocessing."""
+    import torch
+
+    from coca.generate import caption_texts
+
+    with torch.no_grad():
+        batch = net.preprocess.batch(pixels)  # (B, 3, S, S) normalised
+        ids = net.generate(batch.to(net.device, net.dtype), **dataclasses.asdict(decoding))
+    return caption_texts(net, ids)  # ids (B, T)
+
+
+def _print_captions(
+    net: Any, batch: list[DecodeResult], decoding: DecodingConfig, as_json: bool
+) -> None:
+    pixels = [result.image.pixels for result in batch if result.image is not None]
+    texts = _caption_pixels(net, pixels, decoding)
+    for result, text in zip(batch, texts, strict=True):
+        if as_json:
+            typer.echo(json.dumps({"file": str(result.path), "caption": text}))
+        else:
+            typer.echo(f"{result.path}\t{text}")
 
 
 def caption_command(
@@ -82,22 +133,25 @@ def caption_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of text."),
 ) -> None:
-    """Caption images with a CoCa model."""
+    """Caption images with a CoCa model; a file that cannot be read is reported, exit code 1."""
     config = _decoding(decoding)
-    loaded, failed = _open_images(images)
-    for path, reason in failed:
-        typer.echo(f"error: {path}: {reason}", err=True)
-    if not loaded:
-        raise typer.Exit(1)
     net = _load_model(model, _device(device))
-    for start in range(0, len(loaded), batch_size):
-        chunk = loaded[start : start + batch_size]
-        texts = net.caption([image for _, image in chunk], **dataclasses.asdict(config))
-        for (path, _), text in zip(chunk, texts, strict=True):
-            if as_json:
-                typer.echo(json.dumps({"file": str(path), "caption": text}))
-            else:
-                typer.echo(f"{path}\t{text}")
+    failed, batch = 0, []
+    results = _decode_stream(images, net, batch_size)
+    try:
+        for result in results:
+            if result.image is None:
+                typer.echo(f"error: {result.path}: {result.error}", err=True)
+                failed += 1
+                continue
+            batch.append(result)
+            if len(batch) == batch_size:
+                _print_captions(net, batch, config, as_json)
+                batch = []
+        if batch:
+            _print_captions(net, batch, config, as_json)
+    finally:
+        results.close()  # on Ctrl-C or a failed batch, stop the decode threads now
     if failed:
         raise typer.Exit(1)
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
+from coca.model import CoCa
 from coca.world import render_scene, scene_for_seed
 from coca_search import cli
 
@@ -122,3 +127,95 @@ def test_cli_train_flag_errors_are_clear(runner: CliRunner, tmp_path: Path) -> N
     result = runner.invoke(cli.app, [*args, "--pool-size", "4", "--workers", "1"])
     assert result.exit_code == 2 and "nothing to resume" in result.stderr
     assert "Traceback" not in result.output
+
+
+def _png_claiming_size(path: Path, width: int, height: int) -> None:
+    """A PNG of a few bytes whose header claims width x height: what Pillow's decompression-bomb
+    check sees, without the test writing (or decoding) a huge image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    png = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+
+
+def _record_model_inputs(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Every image batch (B, 3, S, S) that reaches CoCa.generate, in call order."""
+    inputs: list[torch.Tensor] = []
+    generate = CoCa.generate
+
+    def recording(self: CoCa, image: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        inputs.append(image.detach().clone())
+        return generate(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(CoCa, "generate", recording)
+    return inputs
+
+
+def test_cli_caption_applies_exif_orientation(
+    runner: CliRunner, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scene = render_scene(scene_for_seed(7), 64, 48)  # sides are whole JPEG blocks: rotation is
+    upright, rotated = tmp_path / "upright.jpg", tmp_path / "rotated.jpg"  # near lossless
+    scene.save(upright, quality=100, subsampling=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned 90° left; viewers turn it right to show it upright
+    scene.transpose(Image.Transpose.ROTATE_90).save(rotated, quality=100, subsampling=0, exif=exif)
+    inputs = _record_model_inputs(monkeypatch)
+    args = ["caption", str(upright), str(rotated), "--model", str(bundle), "--batch-size", "1"]
+    result = runner.invoke(cli.app, [*args, "--decoding", "greedy", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert len(inputs) == 2
+    assert (inputs[0] - inputs[1]).abs().mean() < 0.02  # JPEG rounding only
+    captions = [line.split("\t")[1] for line in result.stdout.strip().splitlines()]
+    assert captions[0] == captions[1]
+
+
+def test_cli_caption_reports_a_decompression_bomb_and_captions_the_rest(
+    runner: CliRunner, bundle: Path, photo: Path, tmp_path: Path
+) -> None:
+    bomb = tmp_path / "bomb.png"
+    _png_claiming_size(bomb, 20_000, 20_000)
+    other = tmp_path / "other.png"
+    render_scene(scene_for_seed(6), 64, 48).save(other)
+    args = ["caption", str(photo), str(bomb), str(other), "--model", str(bundle)]
+    result = runner.invoke(cli.app, [*args, "--decoding", "greedy", "--device", "cpu"])
+    assert result.exit_code == 1
+    files = [line.split("\t")[0] for line in result.stdout.strip().splitlines()]
+    assert files == [str(photo), str(other)]
+    assert f"{bomb}: " in result.stderr and "too large" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_caption_streams_batches(
+    runner: CliRunner, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [tmp_path / f"scene{i}.png" for i in range(5)]
+    for seed, path in enumerate(paths):
+        render_scene(scene_for_seed(seed), 64, 48).save(path)
+    opened: list[str] = []
+    open_image = Image.open
+
+    def counting_open(fp: Any, *args: Any, **kwargs: Any) -> Image.Image:
+        opened.append(str(fp))
+        return open_image(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    opened_by_batch: list[int] = []
+    generate = CoCa.generate
+
+    def counting_generate(self: CoCa, *args: Any, **kwargs: Any) -> torch.Tensor:
+        opened_by_batch.append(len(opened))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(CoCa, "generate", counting_generate)
+    args = ["caption", *map(str, paths), "--model", str(bundle), "--batch-size", "1"]
+    result = runner.invoke(cli.app, [*args, "--decoding", "greedy", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == list(map(str, paths))
+    assert len(opened_by_batch) == 5
+    # Decoding may run one batch ahead of the model, never the whole input.
+    assert opened_by_batch[0] <= 2, opened_by_batch
