@@ -89,8 +89,20 @@ class BatchLoop:
             self._consume(work, paths, results)
         finally:
             results.close()  # on any exit stop the decode workers (a second close is a no-op)
-        if self.dirty or not self.config.index_path.exists():
+        if self._index_behind():
             self._save_index()
+
+    def _index_behind(self) -> bool:
+        """Whether the saved file may differ from the catalog: this run added vectors, or
+        removed some (vanished, displaced or now-failing files, before or during the batches).
+
+        Removals and moves are applied by the pipeline before this loop starts and leave
+        `dirty` unset; any write clears the index's fingerprint, so comparing it with the
+        catalog's (one SQL aggregate) catches every change, whoever made it.
+        """
+        if self.dirty or not self.config.index_path.exists():
+            return True
+        return self.index.fingerprint != self.catalog.embedding_fingerprint(self.model_id).token
 
     def _consume(self, work: list[WorkItem], paths: list[Path], results: DecodeStage) -> None:
         """Group decoded images into batches and pass them down the model and commit threads.
@@ -192,6 +204,7 @@ class BatchLoop:
                 item.content_hash,
             )
             self.index.remove([image_id])  # a changed file that now fails loses its old vector
+            self.dirty = True  # record_error dropped its embedding: the file must follow
             logger.warning("%s: %s", item.file.relative_path, message)
         self.errors += len(batch.failures)
         self.done += len(batch.items) + len(batch.failures)

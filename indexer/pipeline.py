@@ -37,6 +37,7 @@ from indexer.records import (
 )
 from indexer.scan import ScanDiff, diff_library, printable_path, storable_path, walk_images
 from storage import Catalog, VectorIndex, open_or_rebuild
+from storage.vector_files import writer_lock_path
 
 # Re-exported: callers build an IndexConfig and read progress from the module they run.
 __all__ = [
@@ -51,6 +52,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Seconds an indexer waits for the data folder's lock before reporting another indexer.
+LOCK_PATIENCE_S = 1.0
 
 
 class IndexerBusyError(RuntimeError):
@@ -151,19 +155,31 @@ def _exclusive(index_path: Path) -> Iterator[None]:
 
     The lock is an flock on a file next to the index, released by the OS even after kill -9.
     """
-    lock_path = index_path.with_name(index_path.name + ".lock")
+    lock_path = writer_lock_path(index_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexerBusyError(
-                f"another indexer is running on {index_path.parent}; wait for it to finish"
-            ) from None
+        _lock_or_give_up(handle, index_path)
         yield
     finally:
         os.close(handle)
+
+
+def _lock_or_give_up(handle: int, index_path: Path) -> None:
+    """The exclusive lock, retried for LOCK_PATIENCE_S: a search checking whether an indexer runs
+    holds a shared lock for an instant (storage.vector_files.writer_active), which must not read
+    as a second indexer; one that really runs holds it for the whole run."""
+    deadline = time.monotonic() + LOCK_PATIENCE_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise IndexerBusyError(
+                    f"another indexer is running on {index_path.parent}; wait for it to finish"
+                ) from None
+            time.sleep(0.05)
 
 
 @contextmanager

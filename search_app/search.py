@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from coca.identity import model_identity
 from storage import Catalog, ImageDetail, ImageFilter, VectorIndex, open_or_rebuild
-from storage.vector_files import IndexFileError
+from storage.vector_files import IndexFileError, writer_active
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class SearchEngine:
     def _ready(self) -> tuple[int, VectorIndex]:
         model_id = self.model_id()
         with self._lock:
-            if self.index is None or self.index.model_id != model_id or self._file_changed():
+            if self._needs_open(model_id):
                 self.index = self._open_index(model_id)
             index = self.index
         if index.ntotal == 0:
@@ -256,15 +256,26 @@ class SearchEngine:
             )
         return model_id, index
 
+    def _needs_open(self, model_id: int) -> bool:
+        if self.index is None or self.index.model_id != model_id or self._file_changed():
+            return True
+        # An empty index is checked again on every search: an indexer stopped before its first
+        # save leaves the file unchanged while the catalog gains photos, and with nothing
+        # indexed the check is one aggregate over no rows.
+        return self.index.ntotal == 0 and self.index_path is not None
+
     def _file_changed(self) -> bool:
         return self.index_path is not None and _mtime(self.index_path) != self._index_mtime
 
     def _open_index(self, model_id: int) -> VectorIndex:
-        """The indexer's latest saved index, else one rebuilt (in memory) from the catalog.
+        """The saved index when it matches the catalog, else one rebuilt (in memory) from it.
 
-        A file saved mid-run may miss the newest rows; it is still the best snapshot to serve
-        (ids deleted since are skipped when results are read), and it is reloaded when the
-        indexer saves again. Readers never write the file.
+        The file's sidecar holds the catalog fingerprint it was saved at; comparing it with the
+        catalog's (one SQL aggregate, once per load) catches a file left behind by an indexer
+        killed or interrupted before it saved, or saved mid-run: served as is, it would miss
+        committed photos or spend top-k slots on removed ones and return short results. The
+        engine reloads when the indexer saves again. Readers never write the file: only the
+        indexer, under its lock, may, so a reader can never overwrite a newer save.
         """
         if self.index_path is None:
             raise ModelMismatchError(
@@ -272,16 +283,23 @@ class SearchEngine:
                 f"loaded model is catalogued as {model_id}: open the engine with open_engine()"
             )
         self._index_mtime = _mtime(self.index_path)
+        if writer_active(self.index_path):
+            saved = self._saved_index_while_indexing(model_id)
+            if saved is not None:
+                return saved
+        return open_or_rebuild(self.catalog, model_id, self.index_path, save=False)
+
+    def _saved_index_while_indexing(self, model_id: int) -> VectorIndex | None:
+        """While an indexer runs, the catalog moves ahead of every save, so the fingerprint check
+        would rebuild the whole index from the catalog at each of its saves (minutes at a
+        million photos). Its latest save is served instead, as long as it holds something:
+        ids removed since are skipped when results are read, and the engine reloads at the
+        indexer's next save; the run's end leaves a file that matches the catalog."""
         try:
             index = VectorIndex.load(self.index_path)
-            if index.model_id == model_id:
-                return index
-            logger.warning("%s belongs to model %s; rebuilding", self.index_path, index.model_id)
-        except (FileNotFoundError, IndexFileError) as error:
-            logger.warning(
-                "cannot use %s (%s); rebuilding from the catalog", self.index_path, error
-            )
-        return open_or_rebuild(self.catalog, model_id, self.index_path, save=False)
+        except (FileNotFoundError, IndexFileError):
+            return None
+        return index if index.model_id == model_id and index.ntotal > 0 else None
 
     # -- ranking ------------------------------------------------------------------------------
 

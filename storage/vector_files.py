@@ -8,6 +8,7 @@ rebuilds instead of using a wrong index.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -41,6 +42,29 @@ class IndexMeta:
     crc32: int = 0
     saved_at: str = ""
     format_version: int = FORMAT_VERSION
+
+
+def writer_lock_path(path: Path) -> Path:
+    """The file an indexer holds an exclusive flock on while it writes the index at `path`."""
+    return path.with_name(path.name + ".lock")
+
+
+def writer_active(path: Path) -> bool:
+    """Whether an indexer holds the index at `path` now: a shared flock is tried and released at
+    once (the indexer retries its own lock briefly, so this probe never turns it away)."""
+    try:
+        handle = os.open(writer_lock_path(path), os.O_RDONLY)
+    except OSError:
+        return False  # never locked here, or unreadable: no indexer we could see
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(handle)  # closing drops the probe's shared lock too
+    return False
 
 
 def sidecar_path(path: Path) -> Path:

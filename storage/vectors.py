@@ -147,7 +147,8 @@ class VectorIndex:
         self._lock = ReadWriteLock()
         self._gpu = GpuMirror(self.config.use_gpu)
         self._nprobe = self.config.nprobe
-        # The catalog fingerprint this index reflects (set by load/save, cleared by writes).
+        # The catalog fingerprint this index reflects (set by load, save and a rebuild from the
+        # catalog; cleared by writes).
         self.fingerprint: str | None = None
 
     # -- construction -------------------------------------------------------------------------
@@ -388,6 +389,10 @@ def open_or_rebuild(
     )
     if save:
         index.save(path, snapshot.fingerprint.token)
+    else:
+        # Unsaved, it still reflects exactly this catalog state: a reader can tell later
+        # whether the catalog has moved on since.
+        index.fingerprint = snapshot.fingerprint.token
     return index
 
 
