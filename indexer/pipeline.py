@@ -35,6 +35,7 @@ from indexer.records import (
     StageTimes,
     WorkItem,
 )
+from indexer.roots import adopt_nested_roots, find_scope, prefixed
 from indexer.scan import ScanDiff, diff_library, printable_path, storable_path, walk_images
 from storage import Catalog, VectorIndex, open_or_rebuild
 from storage.vector_files import writer_lock_path
@@ -113,12 +114,14 @@ def run_index(
         open_start = time.perf_counter()
         index = open_or_rebuild(catalog, model_id, config.index_path, config.vectors)
         scan_start = time.perf_counter()
+        scope = find_scope(catalog.roots(), root)
+        adopt_nested_roots(catalog, index, scope)
         unstorable: list[str] = []
-        found = walk_images(root, unstorable)
-        diff = diff_library(root, found, catalog.known_files(root.as_posix()))
+        found = prefixed(walk_images(root, unstorable), scope.prefix)
+        diff = diff_library(scope.root, found, scope.known_files(catalog))
         removed = _apply_removals(catalog, index, diff)
-        _apply_moves(catalog, index, root.as_posix(), diff)
-        work = _plan_work(catalog, model_id, root.as_posix(), diff, config.encode.captions)
+        _apply_moves(catalog, index, scope.key, diff)
+        work = _plan_work(catalog, model_id, scope.key, diff, config.encode.captions)
         scan_seconds = time.perf_counter() - scan_start
         logger.info(
             "%s: %d new, %d changed, %d moved, %d removed, %d unchanged; %d to index",
@@ -130,7 +133,7 @@ def run_index(
             len(diff.unchanged),
             len(work),
         )
-        run = BatchLoop(config, model, catalog, index, model_id, root, progress)
+        run = BatchLoop(config, model, catalog, index, model_id, scope.root, progress)
         run.times["scan"] = scan_seconds
         run.times["open_index"] = scan_start - open_start
         with _heap_frozen():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import String, delete, select, type_coerce, update
+from sqlalchemy import String, case, delete, select, type_coerce, update
 
 from storage import writes
 from storage.db import Database
@@ -149,6 +149,34 @@ class Catalog(CatalogQueries):
             if moved.rowcount == 0:
                 raise KeyError(f"image {image_id} is not in the catalog")
             return [int(i) for i in displaced]
+
+    def adopt_root(self, old_root: str, new_root: str, prefix: str) -> list[int]:
+        """Re-key every row of `old_root`, a folder `prefix` ("album/") inside `new_root`, as
+        part of `new_root`, keeping its data: the folder was indexed on its own before and is
+        now indexed as part of the folder around it.
+
+        A row `new_root` already has for the same file wins; the old root's duplicate is deleted
+        and its id returned (remove it from the vector index too).
+        """
+        if not prefix.endswith("/") or prefix.startswith("/"):
+            raise ValueError(f"prefix must be a relative folder ending in '/', got {prefix!r}")
+        with self.db.session(write=True) as session:
+            outer = select(Image.path).where(Image.root == new_root).scalar_subquery()
+            displaced = [
+                int(i)
+                for i in session.execute(
+                    select(Image.id).where(Image.root == old_root, (prefix + Image.path).in_(outer))
+                ).scalars()
+            ]
+            if displaced:
+                session.execute(delete(Image).where(Image.id.in_(displaced)))
+            folder = case((Image.folder == "", prefix[:-1]), else_=prefix + Image.folder)
+            session.execute(
+                update(Image)
+                .where(Image.root == old_root)
+                .values(root=new_root, path=prefix + Image.path, folder=folder)
+            )
+        return displaced
 
     def delete_images(self, image_ids: Iterable[int]) -> int:
         """Delete images with their captions and embeddings; returns how many rows went."""

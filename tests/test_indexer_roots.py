@@ -1,0 +1,106 @@
+"""Indexing a folder inside, or around, a library root the catalog knows: one row per file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import coca
+import storage
+from indexer.decode import DecodeConfig
+from indexer.encode import EncodeConfig
+from indexer.pipeline import IndexConfig, IndexSummary, register_model, run_index
+from indexer.roots import Scope, find_scope
+from tests.indexer_support import fast_decoding, save_tiny_bundle, write_library
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    torch.set_num_threads(1)
+    return coca.load(save_tiny_bundle(tmp_path_factory.mktemp("roots_bundle")))
+
+
+class DataFolder:
+    """One catalog and index that several photo folders are indexed into."""
+
+    def __init__(self, data: Path, model: torch.nn.Module) -> None:
+        self.catalog = storage.open_catalog(data / "catalog.db")
+        self.model = model
+        self.model_id = register_model(self.catalog, model)
+        self.index_path = data / f"vectors-{self.model_id}.faiss"
+
+    def index(self, folder: Path) -> IndexSummary:
+        config = IndexConfig(
+            photos_dir=folder,
+            index_path=self.index_path,
+            decode=DecodeConfig(workers=1),
+            encode=EncodeConfig(batch_size=4, decoding=fast_decoding()),
+        )
+        return run_index(config, self.model, self.catalog)
+
+    def rows(self) -> dict[tuple[str, str], int]:
+        """(root, path) -> image id, over every root."""
+        return {
+            (root, path): row.id
+            for root in self.catalog.roots()
+            for path, row in self.catalog.known_files(root).items()
+        }
+
+    def assert_one_vector_per_row(self) -> None:
+        ids, _ = self.catalog.load_embeddings(self.model_id)
+        saved = storage.VectorIndex.load(self.index_path)
+        assert sorted(saved.ids().tolist()) == sorted(ids.tolist()) == sorted(self.rows().values())
+
+
+def test_roots_find_scope_picks_the_outermost_known_root() -> None:
+    known = ["/p/lib", "/p/lib/a", "/p/library"]
+    assert find_scope(known, Path("/p/lib/a/b")) == Scope(Path("/p/lib"), "a/b/")
+    assert find_scope(known, Path("/p/lib")) == Scope(Path("/p/lib"))  # a root is itself
+    assert find_scope(known, Path("/p/library2")) == Scope(Path("/p/library2"))  # not a prefix
+
+
+def test_roots_a_folder_inside_a_known_root_is_that_part_of_it(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    lib = tmp_path / "lib"
+    write_library(lib, 6, folders=2)
+    data = DataFolder(tmp_path / "data", tiny_model)
+    data.index(lib)
+    before = data.rows()
+    (lib / "album0" / "img_00000.jpg").unlink()  # inside the folder indexed next
+    (lib / "album1" / "img_00001.jpg").unlink()  # outside it: not this run's business
+    write_library(lib / "album0" / "new", 1, seed=5, folders=1)
+    summary = data.index(lib / "album0")
+    assert (summary.indexed, summary.removed, summary.unchanged) == (1, 1, 2)
+    after = data.rows()
+    assert {root for root, _ in after} == {lib.resolve().as_posix()}  # no second root
+    root = lib.resolve().as_posix()
+    assert (root, "album0/new/album0/img_00000.jpg") in after
+    assert (root, "album1/img_00001.jpg") in after  # left for a run over the whole library
+    assert after[(root, "album0/img_00002.jpg")] == before[(root, "album0/img_00002.jpg")]
+    data.assert_one_vector_per_row()
+
+
+def test_roots_known_roots_inside_a_folder_join_it_keeping_their_rows(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    lib = tmp_path / "lib"
+    write_library(lib / "trips", 4, folders=2)
+    write_library(lib / "family", 2, seed=3, folders=1)
+    write_library(lib, 2, seed=7, folders=1)  # lib/album0: only in the outer library
+    data = DataFolder(tmp_path / "data", tiny_model)
+    data.index(lib / "trips")
+    data.index(lib / "family")
+    trips = data.rows()
+    summary = data.index(lib)
+    assert (summary.indexed, summary.unchanged) == (2, 6)  # nothing indexed twice
+    root = lib.resolve().as_posix()
+    after = data.rows()
+    assert {r for r, _ in after} == {root}
+    old_trips = (lib / "trips").resolve().as_posix()
+    assert after[(root, "trips/album1/img_00001.jpg")] == trips[(old_trips, "album1/img_00001.jpg")]
+    assert data.catalog.filter_image_ids(storage.ImageFilter(folder="trips"), data.model_id).size
+    data.assert_one_vector_per_row()
+    assert data.index(lib).indexed == 0
