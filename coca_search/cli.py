@@ -36,10 +36,11 @@ def configure(
 
 def _register_commands() -> None:
     # Imported here so that `coca-search --help` does not pay for torch unless a command needs it.
-    from coca_search import app_commands, index_commands, model_commands
+    from coca_search import app_commands, index_commands, library_commands, model_commands
 
     model_commands.register(app)
     index_commands.register(app)
+    library_commands.register(app)
     app_commands.register(app)
 
 

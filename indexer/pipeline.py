@@ -46,6 +46,7 @@ __all__ = [
     "IndexProgress",
     "IndexSummary",
     "IndexerBusyError",
+    "exclusive_writer",
     "ProgressCallback",
     "StageTimes",
     "register_model",
@@ -110,7 +111,7 @@ def run_index(
     device = next(model.parameters()).device
     decoder = resolve_decoder(config.decode.decoder, device, config.decode.workers)
     config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, decoder=decoder))
-    with _exclusive(config.index_path):
+    with exclusive_writer(config.index_path):
         open_start = time.perf_counter()
         index = open_or_rebuild(catalog, model_id, config.index_path, config.vectors)
         scan_start = time.perf_counter()
@@ -153,7 +154,7 @@ def run_index(
 
 
 @contextmanager
-def _exclusive(index_path: Path) -> Iterator[None]:
+def exclusive_writer(index_path: Path) -> Iterator[None]:
     """One indexer per data folder: two writers would each save an index missing the other's rows.
 
     The lock is an flock on a file next to the index, released by the OS even after kill -9.

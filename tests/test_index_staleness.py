@@ -209,7 +209,7 @@ def test_index_staleness_while_an_indexer_runs_search_serves_its_latest_save(
         return real_rebuild(*args, **kwargs)
 
     monkeypatch.setattr(search_module, "open_or_rebuild", counting_rebuild)
-    with pipeline._exclusive(library.index_path):  # an indexer holds the data folder
+    with pipeline.exclusive_writer(library.index_path):  # an indexer holds the data folder
         assert writer_active(library.index_path)
         results = open_engine(library.data, tiny_model).search_text("noise", k=10).results
     assert len(results) == 3 and rebuilds == []
@@ -227,10 +227,10 @@ def test_index_staleness_a_search_probing_the_lock_does_not_turn_an_indexer_away
     fcntl.flock(handle, fcntl.LOCK_SH)  # a probe caught mid-way, held far longer than it is
     release = threading.Timer(0.2, os.close, (handle,))
     release.start()
-    with pipeline._exclusive(index_path):
+    with pipeline.exclusive_writer(index_path):
         assert writer_active(index_path)
     release.join()
     # A real second indexer still fails, after the wait.
-    with pipeline._exclusive(index_path), pytest.raises(pipeline.IndexerBusyError):
-        with pipeline._exclusive(index_path):
+    with pipeline.exclusive_writer(index_path), pytest.raises(pipeline.IndexerBusyError):
+        with pipeline.exclusive_writer(index_path):
             pass

@@ -19,7 +19,7 @@ from indexer.pipeline import (
     IndexConfig,
     IndexerBusyError,
     IndexSummary,
-    _exclusive,
+    exclusive_writer,
     register_model,
     run_index,
 )
@@ -299,7 +299,7 @@ def test_pipeline_readers_see_no_lock_errors_while_indexing(library: Library) ->
 
 def test_pipeline_refuses_a_second_indexer_on_the_same_data(library: Library) -> None:
     write_library(library.photos, 1)
-    with _exclusive(library.index_path(library.model)):
+    with exclusive_writer(library.index_path(library.model)):
         with pytest.raises(IndexerBusyError):
             library.index()
 
