@@ -56,7 +56,7 @@ class EncodedJpeg:
     data: bytearray | None = field(repr=False)
     length: int  # bytes up to and including the image's end marker (a trailer is dropped)
     header: ImageHeader
-    content_hash: str | None = None  # of the whole file, with DecodeConfig.hash_files
+    content_hash: str | None = None  # storage.hashing.content_hash, with DecodeConfig.hash_files
     file_size: int = 0  # bytes in the file when the worker read it
     mtime_ns: int = 0  # its modification time then
 

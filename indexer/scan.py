@@ -1,8 +1,9 @@
 """Scan a photo folder and compare it with what the catalog already knows.
 
 The walk uses `os.scandir`, so a re-scan of an unchanged library costs one `stat` per file and no
-reads. Content is hashed (the catalog's head-and-tail hash, in parallel threads) only for files the
-catalog has not seen at that path (new or changed): that is all rename detection needs.
+reads. Content is hashed (the catalog's content hash, `storage.hashing`, in parallel
+threads) only for files the catalog has not seen at that path, and only when a vanished row could
+match them: that is all rename detection needs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.hashing import content_hash
+from storage.hashing import content_hash, is_legacy_hash, trusted_legacy_hash
 from storage.records import KnownFile
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class ScanDiff:
     unchanged: list[FoundFile] = field(default_factory=list)
     moved: list[MovedFile] = field(default_factory=list)
     deleted: dict[str, KnownFile] = field(default_factory=dict)  # relative path -> catalog row
-    # relative path -> content hash, for new, changed and moved files
+    # relative path -> format-2 content hash, for the arrivals the scan hashed to find moves
     hashes: dict[str, str] = field(default_factory=dict)
 
 
@@ -189,12 +190,15 @@ def diff_library(
     known: Mapping[str, KnownFile],
     hasher: Callable[[Path], str] = content_hash,
     workers: int = HASH_WORKERS,
+    legacy_hasher: Callable[[Path], str | None] = trusted_legacy_hash,
 ) -> ScanDiff:
     """Sort found files into new, changed, unchanged and moved; catalog rows left over are deleted.
 
     `known` maps relative paths to catalog rows (`Catalog.known_files`). A file found at a path
     the catalog does not know is a move when its content hash equals that of a catalog row whose
-    own file has vanished; otherwise it is new. Each vanished row matches once.
+    own file has vanished; otherwise it is new. Each vanished row matches once. Rows hashed by an
+    older coca-search hold the legacy format: arrivals left unmatched are compared with those
+    by `legacy_hasher` (None: too weak to trust for that file, which is then new).
 
     Only files that could be moves are hashed here (by `workers` threads; file reads and blake2b
     release the GIL): the arrivals, and only when some vanished row has a hash to match. Every
@@ -204,6 +208,30 @@ def diff_library(
     """
     diff = ScanDiff()
     unseen = dict(known)
+    arrivals = _sort_known_paths(diff, found, known, unseen)
+    current, legacy = _vanished_by_hash(unseen)
+    if current:
+        _hash_files(diff.hashes, root, arrivals, hasher, workers)
+        arrivals = _match_moves(diff, arrivals, diff.hashes, current, unseen)
+    if legacy:
+        # Only to match: the catalog stores format-2 hashes, which the decode workers compute
+        # for the files left new.
+        legacy_hashes: dict[str, str] = {}
+        _hash_files(legacy_hashes, root, arrivals, legacy_hasher, workers)
+        arrivals = _match_moves(diff, arrivals, legacy_hashes, legacy, unseen)
+    diff.new.extend(arrivals)
+    diff.deleted.update(unseen)
+    return diff
+
+
+def _sort_known_paths(
+    diff: ScanDiff,
+    found: Iterable[FoundFile],
+    known: Mapping[str, KnownFile],
+    unseen: dict[str, KnownFile],
+) -> list[FoundFile]:
+    """Files at catalogued paths go to unchanged or changed (and leave `unseen`); the others,
+    the arrivals, are returned in walk order."""
     arrivals: list[FoundFile] = []
     for file in found:
         row = known.get(file.relative_path)
@@ -215,33 +243,52 @@ def diff_library(
             diff.unchanged.append(file)
         else:
             diff.changed.append(file)
-    vanished_by_hash: dict[str, list[str]] = {}
+    return arrivals
+
+
+def _vanished_by_hash(
+    unseen: Mapping[str, KnownFile],
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Vanished rows' paths by content hash: (format-2 hashes, legacy hashes), paths sorted."""
+    current: dict[str, list[str]] = {}
+    legacy: dict[str, list[str]] = {}
     for path, row in sorted(unseen.items()):
         if row.content_hash:
-            vanished_by_hash.setdefault(row.content_hash, []).append(path)
-    if vanished_by_hash:
-        _hash_files(diff, root, arrivals, hasher, workers)
+            by_hash = legacy if is_legacy_hash(row.content_hash) else current
+            by_hash.setdefault(row.content_hash, []).append(path)
+    return current, legacy
+
+
+def _match_moves(
+    diff: ScanDiff,
+    arrivals: list[FoundFile],
+    hashes: Mapping[str, str],
+    vanished: dict[str, list[str]],
+    unseen: dict[str, KnownFile],
+) -> list[FoundFile]:
+    """Record arrivals whose hash matches a vanished row as moves (each row matches once);
+    returns the arrivals left unmatched."""
+    unmatched: list[FoundFile] = []
     for file in arrivals:
-        candidates = vanished_by_hash.get(diff.hashes.get(file.relative_path) or "")
+        candidates = vanished.get(hashes.get(file.relative_path) or "")
         if candidates:
             old_path = candidates.pop(0)
             row = unseen.pop(old_path)
             diff.moved.append(MovedFile(row.id, old_path, file))
         else:
-            diff.new.append(file)
-    diff.deleted.update(unseen)
-    return diff
+            unmatched.append(file)
+    return unmatched
 
 
 def _hash_files(
-    diff: ScanDiff,
+    into: dict[str, str],
     root: Path,
     files: list[FoundFile],
-    hasher: Callable[[Path], str],
+    hasher: Callable[[Path], str | None],
     workers: int,
 ) -> None:
-    """Hash files for the catalog into `diff.hashes`; an unreadable file gets no hash (decode
-    will record why)."""
+    """Hash files into `into` by relative path; an unreadable file gets no hash (decode will
+    record why), nor one whose hasher returns None."""
 
     def digest(file: FoundFile) -> str | None:
         try:
@@ -257,4 +304,4 @@ def _hash_files(
         digests = [digest(file) for file in files]
     for file, value in zip(files, digests, strict=True):
         if value is not None:
-            diff.hashes[file.relative_path] = value
+            into[file.relative_path] = value

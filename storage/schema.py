@@ -4,9 +4,10 @@ The catalog is the source of truth: every image file seen, the models used, and 
 model) one embedding and one caption. The FAISS index (`storage.vectors`) is derived from
 `embeddings` and can be rebuilt from it at any time.
 
-Content hash (`images.content_hash`, see `storage.hashing.content_hash`): blake2b-128 over the
-file size and its first and last 64 KiB. It is cheap (two small reads whatever the file size) and
-recognises a renamed or moved file; it is not a cryptographic identity of the whole file.
+Content hash (`images.content_hash`, see `storage.hashing`): "2:" + blake2b-120 over the file
+size and 64 KiB of samples spread through the file (BMP and TIFF whole); older catalogs also hold
+the first format, 32 hex digits over the first and last 64 KiB. It is cheap and recognises a
+renamed or moved file; it is not a cryptographic identity of the whole file.
 """
 
 from __future__ import annotations

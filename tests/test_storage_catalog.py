@@ -18,7 +18,7 @@ from storage import (
     content_hash,
     open_catalog,
 )
-from storage.hashing import content_hash_of_bytes
+from storage.hashing import content_hash_of_bytes, legacy_content_hash
 
 DIM = 4
 ROOT = "/photos"
@@ -227,13 +227,14 @@ def test_storage_catalog_photo_date_falls_back_to_mtime(catalog: Catalog) -> Non
     assert catalog.get_image(image_id).image.photo_date == datetime(2020, 5, 6, 12)
 
 
-def test_storage_content_hash_reads_size_head_and_tail(tmp_path: Path) -> None:
+def test_storage_legacy_content_hash_reads_size_head_and_tail(tmp_path: Path) -> None:
+    # The first format, still stored in older catalogs (tests/test_content_hash.py: the current).
     big = bytes(range(256)) * 1024  # 256 KiB
     (tmp_path / "a").write_bytes(big)
     (tmp_path / "b").write_bytes(big[:100_000] + b"x" + big[100_001:])  # middle differs: same
     (tmp_path / "c").write_bytes(big[:-1] + b"y")  # tail differs
     (tmp_path / "d").write_bytes(b"")
-    hashes = [content_hash(tmp_path / name) for name in "abcd"]
+    hashes = [legacy_content_hash(tmp_path / name) for name in "abcd"]
     assert hashes[0] == hashes[1] and hashes[0] != hashes[2] and len(hashes[0]) == 32
     assert hashes[3] != hashes[0]
 
