@@ -15,6 +15,8 @@ from pathlib import Path
 
 import typer
 
+from coca_search.index_commands import default_data_dir, parse_data_dir
+
 logger = logging.getLogger(__name__)
 
 APP_SCRIPT = Path(__file__).resolve().parent.parent / "search_app" / "app.py"
@@ -76,6 +78,18 @@ def _model_source(model: str) -> str:
     return str(path.resolve()) if path.is_dir() else model
 
 
+def _check_catalog(path: Path) -> None:
+    """Open the catalog once before starting the server, as the app will: a file that is not a
+    catalog, or one too new (or read-only and too old) to use, is one line here instead of an
+    error page in the browser."""
+    import storage
+
+    try:
+        storage.open_catalog(path).db.dispose()
+    except storage.CatalogOpenError as error:
+        raise _fail(str(error)) from error
+
+
 def serve(data_dir: Path, host: str, port: int, model: str, device: str) -> None:
     """Replace this process with the Streamlit server for `data_dir`."""
     from search_app.settings import AppSettings
@@ -83,7 +97,9 @@ def serve(data_dir: Path, host: str, port: int, model: str, device: str) -> None
     _check_address(host, port)
     _check_device(device)
     settings = AppSettings(data_dir.expanduser().resolve(), _model_source(model), device)
-    if not settings.catalog_path.is_file():
+    if settings.catalog_path.is_file():
+        _check_catalog(settings.catalog_path)
+    else:
         typer.echo(
             f"note: no catalog in {settings.data_dir} yet; the app will show an empty library "
             f"until you run: coca-search index PHOTOS_DIR --data {settings.data_dir}",
@@ -100,7 +116,9 @@ def serve(data_dir: Path, host: str, port: int, model: str, device: str) -> None
 
 
 def serve_command(
-    data: Path | None = typer.Option(None, "--data", help="Data folder written by `index`."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Data folder written by `index`.", parser=parse_data_dir
+    ),
     port: int = typer.Option(8501, "--port", help="Port to listen on."),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to bind (loopback unless you mean to share)."
@@ -109,8 +127,6 @@ def serve_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Serve the search app in the browser (http://127.0.0.1:8501 by default)."""
-    from coca_search.index_commands import default_data_dir
-
     serve(data or default_data_dir(), host, port, model, device)
 
 
@@ -126,7 +142,9 @@ def _write_sample_library(photos: Path, count: int) -> None:
 
 
 def demo_command(
-    data: Path = typer.Option(DEMO_DIR, "--data", help="Demo folder: photos/ and the catalog."),
+    data: Path = typer.Option(
+        DEMO_DIR, "--data", help="Demo folder: photos/ and the catalog.", parser=parse_data_dir
+    ),
     count: int = typer.Option(500, "--count", min=1, max=100_000, help="Sample photos to write."),
     port: int = typer.Option(8501, "--port", help="Port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),

@@ -29,6 +29,16 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DEFAULT_DATA_ENV) or "coca-data")
 
 
+def parse_data_dir(text: str | Path) -> Path:
+    """The `--data` folder. An empty value is refused: Path("") is the current folder, so a blank
+    variable in a script would silently put the catalog among the user's own files."""
+    if not str(text).strip():
+        raise typer.BadParameter(
+            "is empty: pass a folder (. for the current one), or leave --data out for the default"
+        )
+    return Path(text).expanduser()
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -60,20 +70,59 @@ def _open_catalog(data_dir: Path) -> Any:
 
     try:
         return storage.open_catalog(DataLayout(data_dir).catalog_path)
-    except storage.SchemaVersionError as error:
+    except storage.CatalogOpenError as error:  # not a catalog, too new, read-only and too old
         raise _fail(str(error)) from error
     except OSError as error:
         raise _fail(f"cannot open the catalog in {data_dir}: {error}") from error
 
 
-DATA_HELP = f"Data folder for the catalog and index (default: ${DEFAULT_DATA_ENV} or ./coca-data)."
+def _check_writable(data_dir: Path) -> None:
+    """Refuse before loading the model when `index` could not write its catalog and vector index
+    into `data_dir` (a read-only mount, a folder of someone else's): SQLite would only say
+    "unable to open database file" once the work had started."""
+    from search_app.search import DataLayout
+
+    folder = data_dir.absolute()
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise _fail(f"cannot use {data_dir} as the data folder: {existing} is not a folder")
+    catalog = DataLayout(folder).catalog_path
+    folder_ok = os.access(existing, os.W_OK | os.X_OK)
+    if folder_ok and (not catalog.exists() or os.access(catalog, os.W_OK)):
+        return
+    if existing != folder:
+        raise _fail(f"cannot create the data folder {data_dir}: {existing} is not writable")
+    raise _fail(
+        f"the data folder {data_dir} is not writable: indexing writes the catalog and vector "
+        "index there; make it writable or pass another --data folder (search works read-only)"
+    )
+
+
+def _check_decoder(decode: str, device: str) -> None:
+    # Only an explicit --decode gpu can fail; checked before the catalog or the data folder exist.
+    if decode != "gpu":
+        return
+    import torch
+
+    from indexer.gpu_decode import DecoderUnavailableError, resolve_decoder
+
+    try:
+        resolve_decoder(decode, torch.device(device))
+    except DecoderUnavailableError as error:
+        raise _fail(str(error)) from error
+
+
+DATA_HELP = (
+    f"Data folder for the catalog and index (default: ${DEFAULT_DATA_ENV} or ./coca-data; "
+    "an empty value is an error, . is the current folder)."
+)
 
 
 def index_command(
     photos_dir: Path = typer.Argument(
         ..., help="Folder of photos to index (searched recursively)."
     ),
-    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP, parser=parse_data_dir),
     model: str = typer.Option("default", "--model", help="Model: default, a folder or a hub id."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     batch_size: int | None = typer.Option(
@@ -121,7 +170,9 @@ def index_command(
     if decode not in DECODERS:
         raise _fail(f"unknown --decode {decode!r}: use {', '.join(DECODERS)}")
     layout = DataLayout((data or default_data_dir()).expanduser())
+    _check_writable(layout.data_dir)
     resolved = _device(device)
+    _check_decoder(decode, resolved)
     import torch
 
     from indexer.encode import default_batch_size, default_decode_workers, default_threads
@@ -202,7 +253,7 @@ class _ProgressBar:
 
 def search_command(
     query: str = typer.Argument(..., help="What to look for, e.g. 'two red cars on a beach'."),
-    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP, parser=parse_data_dir),
     k: int = typer.Option(10, "-k", "--top-k", min=1, max=1000, help="Number of results."),
     model: str = typer.Option("default", "--model", help="The model the catalog was indexed with."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -220,6 +271,7 @@ def search_command(
 ) -> None:
     """Search the catalog by text: top-k photos with path, score and caption."""
     from search_app.search import SearchError, SearchFilters, open_engine
+    from storage import CatalogOpenError
 
     filters = SearchFilters(_folder(folder), _date(date_from, "--from"), _date(date_to, "--to"))
     data_dir = (data or default_data_dir()).expanduser()
@@ -227,7 +279,7 @@ def search_command(
     try:
         engine = open_engine(data_dir, loaded)
         response = engine.search_text(query, k, filters, hybrid, min_score)
-    except SearchError as error:
+    except (SearchError, CatalogOpenError) as error:
         raise _fail(str(error)) from error
     if as_json:
         typer.echo(json.dumps([result.to_dict() for result in response.results]))

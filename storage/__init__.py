@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from storage.catalog import Catalog
-from storage.db import Database
+from storage.db import CatalogOpenError, Database
 from storage.hashing import content_hash
 from storage.migrations import LATEST_VERSION, SchemaVersionError, apply_migrations
 from storage.records import (
@@ -41,9 +41,16 @@ from storage.vector_files import IndexFileError, IndexMeta
 from storage.vectors import SearchHits, VectorIndex, VectorIndexConfig, open_or_rebuild
 
 
-def open_catalog(target: str | Path | URL, *, echo: bool = False) -> Catalog:
-    """Open (creating and migrating as needed) the catalog at a file path or SQLAlchemy URL."""
-    db = Database(target, echo=echo)
+def open_catalog(
+    target: str | Path | URL, *, echo: bool = False, read_only: bool | None = None
+) -> Catalog:
+    """Open (creating and migrating as needed) the catalog at a file path or SQLAlchemy URL.
+
+    A catalog this process cannot write is opened read-only (see `Database`) and must already be
+    at the current schema version. Raises `CatalogOpenError` with a one-line, actionable message
+    when the file is not a catalog, cannot be opened, or is too new or too old to use.
+    """
+    db = Database(target, echo=echo, read_only=read_only)
     apply_migrations(db)
     return Catalog(db)
 
@@ -52,6 +59,7 @@ __all__ = [
     "LATEST_VERSION",
     "CaptionRecord",
     "Catalog",
+    "CatalogOpenError",
     "CatalogStats",
     "Database",
     "EmbeddingFingerprint",

@@ -6,6 +6,10 @@ database runs, in order and in one transaction, each step above its stored versi
 
 Adding a step: append a `Migration` with the next version. If it changes an ORM table, change the
 class in schema.py too and set `in_orm=True` (fresh databases then get it from `create_all`).
+
+A catalog opened read-only is never migrated: it opens when it is already at the version this code
+needs, and fails with a `CatalogOpenError` that says so otherwise. A file that is not a SQLite
+database, or a database with other tables and no version, is refused rather than written to.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy.exc import DBAPIError
 
-from storage.db import Database
+from storage.db import CatalogOpenError, Database, open_error
 from storage.schema import Base, SchemaVersion
 
 logger = logging.getLogger(__name__)
 
 
-class SchemaVersionError(RuntimeError):
+class SchemaVersionError(CatalogOpenError):
     """The catalog was written by a newer coca-search than this one."""
 
 
@@ -97,17 +102,50 @@ def _check_not_newer(version: int) -> None:
         )
 
 
+def _check_foreign_tables(conn: Connection, version: int, db: Database) -> None:
+    # Version 0 with tables in it is someone else's database: creating ours there would write
+    # into a file the user may care about.
+    tables = inspect(conn).get_table_names() if version == 0 else []
+    if tables:
+        shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+        raise CatalogOpenError(
+            f"{db.location} is not a coca-search catalog (it holds other tables: {shown}); "
+            "move it aside to start a new one"
+        )
+
+
+def _check_writable(db: Database, version: int, target: int) -> None:
+    if not db.read_only:
+        return
+    found = "an empty catalog" if version == 0 else f"catalog schema version {version}"
+    raise CatalogOpenError(
+        f"{db.location} is read-only (it or its folder is not writable) and holds {found}, older "
+        f"than this coca-search needs ({target}); run `coca-search index` once where it is "
+        "writable to upgrade it"
+    )
+
+
 def apply_migrations(db: Database, target: int = LATEST_VERSION) -> int:
     """Bring `db` to schema version `target` (tests use a lower target); returns the version.
 
     An up-to-date catalog is only read (no write lock), so opening it never waits for an indexer.
+    Raises `CatalogOpenError` (one line, naming the file) when the catalog cannot be opened.
     """
+    try:
+        return _migrate(db, target)
+    except DBAPIError as error:
+        raise open_error(db, error) from error
+
+
+def _migrate(db: Database, target: int) -> int:
     with db.engine.connect() as conn:
         current = stored_version(conn)
+        _check_foreign_tables(conn, current, db)
         conn.rollback()
     _check_not_newer(current)
     if current >= target:
         return current
+    _check_writable(db, current, target)
     with db.engine.connect() as conn:
         if db.is_sqlite:
             # Take the write lock before reading the version: two processes opening the same new

@@ -382,7 +382,11 @@ def open_or_rebuild(
     if reason is None:
         logger.info("vector index %s loaded: %d vectors (%s)", path, index.ntotal, index.kind)
         return index
-    logger.warning("rebuilding vector index %s from the catalog: %s", path, reason)
+    # No file for an empty catalog is how every new data folder starts: not worth a warning, unlike
+    # a file that must be replaced or a long rebuild of a catalog whose file went missing.
+    usual = reason == "no index file yet" and fingerprint.count == 0
+    level = logging.INFO if usual else logging.WARNING
+    logger.log(level, "rebuilding vector index %s from the catalog: %s", path, reason)
     snapshot = catalog.embedding_snapshot(model_id)
     index = VectorIndex.from_vectors(
         snapshot.ids, snapshot.vectors, model_id, config, dim=model.embed_dim, copy=False
