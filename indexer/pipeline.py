@@ -35,7 +35,7 @@ from indexer.records import (
     StageTimes,
     WorkItem,
 )
-from indexer.roots import adopt_nested_roots, find_scope, prefixed
+from indexer.roots import adopt_nested_roots, find_scope, orphan_rows, prefixed
 from indexer.scan import ScanDiff, diff_library, printable_path, storable_path, walk_images
 from storage import Catalog, VectorIndex, open_or_rebuild
 from storage.vector_files import writer_lock_path
@@ -119,7 +119,8 @@ def run_index(
         adopt_nested_roots(catalog, index, scope)
         unstorable: list[str] = []
         found = prefixed(walk_images(root, unstorable), scope.prefix)
-        diff = diff_library(scope.root, found, scope.known_files(catalog))
+        known, orphans = scope.known_files(catalog), orphan_rows(catalog, scope)
+        diff = diff_library(scope.root, found, known, orphans=orphans)
         removed = _apply_removals(catalog, index, diff)
         _apply_moves(catalog, index, scope.key, diff)
         work = _plan_work(catalog, model_id, scope.key, diff, config.encode.captions)

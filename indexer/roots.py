@@ -84,3 +84,15 @@ def prefixed(found: Iterable[FoundFile], prefix: str) -> Iterator[FoundFile]:
         return
     for file in found:
         yield dataclasses.replace(file, relative_path=prefix + file.relative_path)
+
+
+def orphan_rows(catalog: Catalog, scope: Scope) -> dict[str, KnownFile]:
+    """Rows of other library roots whose folder no longer exists, keyed by absolute path: the
+    candidates for a renamed or moved library folder (see `indexer.scan.diff_library`)."""
+    orphans: dict[str, KnownFile] = {}
+    for root in catalog.roots():
+        if root != scope.key and not Path(root).exists():
+            orphans.update(
+                (f"{root}/{path}", row) for path, row in catalog.known_files(root).items()
+            )
+    return orphans

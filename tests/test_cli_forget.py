@@ -1,8 +1,9 @@
-"""`coca-search forget`: a gone library folder's photos leave the catalog and the index."""
+"""`coca-search forget`: a deleted library folder's photos leave the catalog and the index."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,12 +33,13 @@ def invoke(*args: str, answer: str | None = None) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_cli_forget_drops_a_renamed_library_folder(bundle: Path, tmp_path: Path) -> None:
+def test_cli_forget_drops_a_deleted_library_folder(bundle: Path, tmp_path: Path) -> None:
     old, new, data = tmp_path / "photos", tmp_path / "photos-2024", tmp_path / "data"
     write_library(old, 4)
+    write_library(new, 4, seed=3)  # other photos: none of them is a moved one
     base = ["--data", str(data), "--model", str(bundle), "--device", "cpu", "--batch-size", "2"]
     assert invoke("index", str(old), *base, "--workers", "1")[0] == 0
-    old.rename(new)
+    shutil.rmtree(old)
     assert invoke("index", str(new), *base, "--workers", "1")[0] == 0
     catalog = storage.open_catalog(DataLayout(data).catalog_path)
     assert len(catalog.roots()) == 2  # the old folder's rows stay: index only looks at `new`

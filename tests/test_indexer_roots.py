@@ -104,3 +104,36 @@ def test_roots_known_roots_inside_a_folder_join_it_keeping_their_rows(
     assert data.catalog.filter_image_ids(storage.ImageFilter(folder="trips"), data.model_id).size
     data.assert_one_vector_per_row()
     assert data.index(lib).indexed == 0
+
+
+def test_roots_a_renamed_library_folder_keeps_its_rows(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    lib = tmp_path / "lib"
+    write_library(lib, 5, folders=2)
+    data = DataFolder(tmp_path / "data", tiny_model)
+    data.index(lib)
+    ids = sorted(data.rows().values())
+    lib.rename(tmp_path / "lib-2024")
+    summary = data.index(tmp_path / "lib-2024")
+    assert (summary.moved, summary.indexed, summary.removed) == (5, 0, 0)
+    after = data.rows()
+    assert {root for root, _ in after} == {(tmp_path / "lib-2024").resolve().as_posix()}
+    assert sorted(after.values()) == ids  # same rows: captions and embeddings kept
+    data.assert_one_vector_per_row()
+
+
+def test_roots_an_absent_library_folder_keeps_rows_no_new_file_matches(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    """A folder that is only absent (an unplugged drive) loses nothing to another folder's run."""
+    drive, other = tmp_path / "drive", tmp_path / "other"
+    write_library(drive, 3, folders=1)
+    write_library(other, 2, seed=4, folders=1)
+    data = DataFolder(tmp_path / "data", tiny_model)
+    data.index(drive)
+    drive.rename(tmp_path / "unplugged")
+    summary = data.index(other)
+    assert (summary.moved, summary.indexed, summary.removed) == (0, 2, 0)
+    roots = {root for root, _ in data.rows()}
+    assert roots == {drive.resolve().as_posix(), other.resolve().as_posix()}
