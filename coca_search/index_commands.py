@@ -211,6 +211,11 @@ def index_command(
             f"removed {summary.removed}, errors {summary.errors} in {summary.seconds:.1f} s "
             f"({summary.images_per_second:.1f} images/s); data in {layout.data_dir}"
         )
+        if summary.still_unreadable:
+            typer.echo(
+                f"{summary.still_unreadable} unchanged files could not be read in an earlier run "
+                "(they are tried again when they change)"
+            )
 
 
 class _ProgressBar:

@@ -74,6 +74,8 @@ class IndexSummary:
     errors: int  # files recorded with status error in this run
     seconds: float
     images_per_second: float
+    # Unchanged files that failed in an earlier run (not retried until they change).
+    still_unreadable: int = 0
     times: StageTimes = field(default_factory=StageTimes)
     decoder: str = "cpu"  # where JPEG pixels were decoded: "cpu" (Pillow) or "gpu" (nvJPEG)
 
@@ -143,10 +145,11 @@ def run_index(
     seconds = time.perf_counter() - started
     return IndexSummary(
         indexed=run.indexed,
-        unchanged=len(diff.unchanged),
+        unchanged=len(diff.unchanged) - _redone(diff, work),
         moved=len(diff.moved),
         removed=removed,
         errors=run.errors + len(unstorable),  # files with names the catalog cannot store
+        still_unreadable=sum(known[f.relative_path].status == "error" for f in diff.unchanged),
         seconds=round(seconds, 3),
         images_per_second=round(run.indexed / seconds, 2) if seconds > 0 else 0.0,
         times=StageTimes(**{k: round(v, 3) for k, v in run.times.items()}),
@@ -227,6 +230,13 @@ def _apply_moves(catalog: Catalog, index: VectorIndex, root: str, diff: ScanDiff
         displaced = catalog.move_image(moved.image_id, root, new.relative_path, new.mtime_ns)
         if displaced:
             index.remove(displaced)
+
+
+def _redone(diff: ScanDiff, work: list[WorkItem]) -> int:
+    """Unchanged files planned again (a model that has not embedded or captioned them yet): they
+    count as indexed, not as unchanged."""
+    unchanged = {file.relative_path for file in diff.unchanged}
+    return sum(item.file.relative_path in unchanged for item in work)
 
 
 def _plan_work(

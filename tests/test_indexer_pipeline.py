@@ -384,3 +384,19 @@ def test_pipeline_stops_when_a_decode_result_comes_for_another_file(
     monkeypatch.setattr(indexer.batch_loop, "decode_for_model", real)
     assert library.index().indexed == 6
     library.assert_consistent()
+
+
+def test_pipeline_summary_counts_each_file_once(library: Library) -> None:
+    """A file redone for a missing caption is indexed, not also unchanged; a file that failed
+    before and has not changed is reported as still unreadable."""
+    write_library(library.photos, 3)
+    (library.photos / "broken.jpg").write_bytes(b"not a photo")
+    first = library.index(captions=False)
+    assert (first.indexed, first.errors) == (3, 1)
+    second = library.index()  # captions now: the three are redone
+    assert (second.indexed, second.unchanged, second.errors, second.still_unreadable) == (
+        3,
+        1,
+        0,
+        1,
+    )
