@@ -133,9 +133,15 @@ def serve_command(
 def _write_sample_library(photos: Path, count: int) -> None:
     from coca.world import HELDOUT_SEED, MANIFEST_NAME, read_manifest, write_library
 
-    if (photos / MANIFEST_NAME).is_file() and len(read_manifest(photos)) == count:
-        typer.echo(f"sample library of {count} photos already in {photos}", err=True)
-        return
+    if (photos / MANIFEST_NAME).is_file():
+        earlier = read_manifest(photos)
+        if len(earlier) == count:
+            typer.echo(f"sample library of {count} photos already in {photos}", err=True)
+            return
+        # Another --count: the earlier sample's photos go, so the demo shows `count` of them
+        # (only files the demo wrote itself, by its manifest).
+        for entry in earlier:
+            (photos / entry.file).unlink(missing_ok=True)
     typer.echo(f"writing {count} sample photos to {photos} ...", err=True)
     # The held-out split: the default model never saw these scenes in training.
     write_library(photos, count, seed=HELDOUT_SEED)

@@ -96,6 +96,9 @@ def test_app_commands_demo_writes_indexes_then_serves(
     assert "--server.port=9" in exec_calls[0][1]
     again = runner.invoke(app, ["demo", "--data", str(tmp_path), "--count", "3", "--no-serve"])
     assert "already in" in again.output and len(exec_calls) == 1  # kept, not rewritten
+    fewer = runner.invoke(app, ["demo", "--data", str(tmp_path), "--count", "2", "--no-serve"])
+    assert fewer.exit_code == 0, fewer.output
+    assert len([p for p in photos.rglob("photo_*")]) == 2  # the earlier sample's extras went
 
 
 def test_app_settings_default_to_coca_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
