@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from coca.identity import model_identity
+from search_app.catch_up import CATCH_UP_S, add_committed_since_save
 from storage import Catalog, ImageDetail, ImageFilter, VectorIndex, open_or_rebuild
 from storage.vector_files import IndexFileError, writer_active
 
@@ -165,6 +166,7 @@ class SearchEngine:
         self._index_mtime = _mtime(index_path)
         self._model_id: int | None = None  # found once; the catalog can gain a model, not lose it
         self._lock = threading.Lock()
+        self._caught_up_at = 0.0  # monotonic time of the last catch-up with a running indexer
 
     # -- public searches ----------------------------------------------------------------------
 
@@ -249,6 +251,9 @@ class SearchEngine:
         with self._lock:
             if self._needs_open(model_id):
                 self.index = self._open_index(model_id)
+            elif self._indexer_may_have_committed():
+                add_committed_since_save(self.catalog, self.index, model_id)
+                self._caught_up_at = time.monotonic()
             index = self.index
         if index.ntotal == 0:
             raise EmptyCatalogError(
@@ -263,6 +268,12 @@ class SearchEngine:
         # save leaves the file unchanged while the catalog gains photos, and with nothing
         # indexed the check is one aggregate over no rows.
         return self.index.ntotal == 0 and self.index_path is not None
+
+    def _indexer_may_have_committed(self) -> bool:
+        """An indexer holds the folder and the last catch-up is CATCH_UP_S old (see catch_up)."""
+        if self.index_path is None or time.monotonic() - self._caught_up_at < CATCH_UP_S:
+            return False
+        return writer_active(self.index_path)
 
     def _file_changed(self) -> bool:
         return self.index_path is not None and _mtime(self.index_path) != self._index_mtime
@@ -299,7 +310,11 @@ class SearchEngine:
             index = VectorIndex.load(self.index_path)
         except (FileNotFoundError, IndexFileError):
             return None
-        return index if index.model_id == model_id and index.ntotal > 0 else None
+        if index.model_id != model_id or index.ntotal == 0:
+            return None
+        add_committed_since_save(self.catalog, index, model_id)
+        self._caught_up_at = time.monotonic()
+        return index
 
     # -- ranking ------------------------------------------------------------------------------
 

@@ -146,6 +146,19 @@ class CatalogQueries:
         with self.db.session() as session:
             return self._read_embeddings(session, model_id, None)
 
+    def embedded_ids_after(self, model_id: int, image_id: int) -> np.ndarray:
+        """Ids (int64, sorted) of images above `image_id` that the model has embedded: what an
+        index saved when `image_id` was its largest is missing of photos added since."""
+        table = Embedding.__table__
+        stmt = (
+            select(table.c.image_id)
+            .where(table.c.model_id == model_id, table.c.image_id > image_id)
+            .order_by(table.c.image_id)
+        )
+        with self.db.session() as session:
+            ids = session.connection().execute(stmt).scalars().all()
+        return np.asarray(ids, dtype=np.int64)
+
     def get_embeddings(
         self, model_id: int, image_ids: Sequence[int]
     ) -> tuple[np.ndarray, np.ndarray]:

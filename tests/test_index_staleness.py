@@ -6,6 +6,7 @@ and a run stopped (Ctrl-C, kill -9) between its commits and its save.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -193,7 +194,7 @@ def test_index_staleness_while_an_indexer_runs_search_serves_its_latest_save(
     tmp_path: Path, tiny_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The catalog moves ahead of every mid-run save; rebuilding from it at each save would cost
-    minutes on a large library, so the save is served until the run ends."""
+    minutes on a large library, so the save is served, with the photos committed since."""
     library = Library(tmp_path, tiny_model)
     write_library(library.photos, 3, folders=1)
     library.index()
@@ -212,7 +213,7 @@ def test_index_staleness_while_an_indexer_runs_search_serves_its_latest_save(
     with pipeline.exclusive_writer(library.index_path):  # an indexer holds the data folder
         assert writer_active(library.index_path)
         results = open_engine(library.data, tiny_model).search_text("noise", k=10).results
-    assert len(results) == 3 and rebuilds == []
+    assert len(results) == 6 and rebuilds == []  # the save, caught up from the catalog
     assert not writer_active(library.index_path)
     results = open_engine(library.data, tiny_model).search_text("noise", k=10).results
     assert len(results) == 6 and rebuilds == [1]  # no indexer: the stale file is rebuilt
@@ -234,3 +235,31 @@ def test_index_staleness_a_search_probing_the_lock_does_not_turn_an_indexer_away
     with pipeline.exclusive_writer(index_path), pytest.raises(pipeline.IndexerBusyError):
         with pipeline.exclusive_writer(index_path):
             pass
+
+
+def test_index_staleness_search_catches_up_with_a_running_indexer(
+    tmp_path: Path, tiny_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Photos committed after the indexer's last save are searchable without waiting for its
+    next one (Browse, which reads the catalog, shows them at once)."""
+    library = Library(tmp_path, tiny_model)
+    write_library(library.photos, 3, folders=1)
+    library.index()
+    library.keep_index_file(tmp_path / "old")
+    engine = open_engine(library.data, tiny_model)
+    with pipeline.exclusive_writer(library.index_path):  # an indexer holds the data folder
+        assert len(engine.search_text("noise", k=10).results) == 3
+        write_library(library.photos / "later", 3, seed=9, folders=1)
+        # What a running indexer leaves: rows committed, the file as saved before them (a second
+        # run commits them, then the old file goes back, its modification time too).
+        monkeypatch.setattr(pipeline, "exclusive_writer", _no_lock)
+        library.index()
+        library.restore_index_file(tmp_path / "old")
+        monkeypatch.setattr(search_module, "CATCH_UP_S", 0.0)
+        results = engine.search_text("noise", k=10).results
+    assert sorted(r.id for r in results) == library.embedded_ids()
+
+
+@contextlib.contextmanager
+def _no_lock(index_path: Path):  # noqa: ANN202 - stands for exclusive_writer in one test
+    yield
