@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -142,10 +143,22 @@ def open_upload(data: bytes) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
         return ImageOps.exif_transpose(image)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
         raise BadQueryError(
-            f"the upload is not a readable image ({error}); try a JPEG or PNG"
+            f"the upload is too large to open ({image_pixels(error)}); use a smaller copy"
         ) from error
+    except UnidentifiedImageError as error:
+        raise BadQueryError(
+            "the upload is not an image format this app reads; try a JPEG, PNG, WebP or HEIC"
+        ) from error
+    except (OSError, ValueError) as error:
+        raise BadQueryError(f"the upload is not a readable image ({error})") from error
+
+
+def image_pixels(error: Image.DecompressionBombError) -> str:
+    """ "400,000,000 pixels" out of Pillow's message, else the message itself."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return f"{int(found.group(1)):,} pixels" if found else str(error)
 
 
 class SearchEngine:

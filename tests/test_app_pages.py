@@ -206,7 +206,7 @@ def test_app_search_upload_of_a_non_image_is_a_clear_error(
 ) -> None:
     app = _app(monkeypatch, library.env())
     app.file_uploader(key="upload").upload("notes.jpg", b"this is not a photo", "image/jpeg").run()
-    assert "not a readable image" in app.error[0].value
+    assert "not an image format" in app.error[0].value
 
 
 def test_app_search_upload_of_a_photo_finds_similar(

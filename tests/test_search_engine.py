@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -153,10 +154,19 @@ def test_search_bad_queries_raise_clear_errors(engine: SearchEngine) -> None:
         engine.search_text("car", k=0)
     with pytest.raises(BadQueryError):
         engine.find_similar(999_999)
-    with pytest.raises(BadQueryError):
+    with pytest.raises(BadQueryError) as not_image:
         open_upload(b"not an image")
+    assert "object at 0x" not in str(not_image.value)  # no Python repr shown to the user
     with pytest.raises(BadQueryError):
         open_upload(b"")
+
+
+def test_search_upload_too_large_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 300)).save(buffer, "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 90,000 pixels: over twice the limit
+    with pytest.raises(BadQueryError, match="too large to open .90,000 pixels."):
+        open_upload(buffer.getvalue())
 
 
 def test_search_empty_catalog_and_missing_data_are_clear(
