@@ -27,6 +27,25 @@ _JPEG_QUALITY = 85
 _ORIENTATION = 0x0112  # EXIF tag
 
 
+def _open_heif_too() -> None:
+    """Let Pillow open HEIC/HEIF as the indexer does (indexer.decode.register_heif_opener).
+
+    The catalog holds the HEIC photos the indexer read, so the app must open them too: thumbnails
+    here and uploads (search.open_upload). The plugin is process-wide and every page imports this
+    module (through ui), so registering once at import covers both. Not imported from the indexer:
+    that would load torch into this Pillow-only module.
+    """
+    try:
+        import pillow_heif
+    except ImportError:
+        logger.warning("pillow-heif is missing; HEIC/HEIF photos can't be shown or uploaded")
+        return
+    pillow_heif.register_heif_opener()
+
+
+_open_heif_too()
+
+
 class ImageUnavailableError(OSError):
     """The catalogued file is gone or no longer decodes."""
 

@@ -306,8 +306,13 @@ class CatalogQueries:
             return fulltext.search_captions(session, query, model_id, conditions, limit, match_all)
 
     def folders(self, root: str | None = None) -> list[FolderCount]:
-        """Every folder holding images (ancestors included) with its recursive image count."""
-        stmt = select(Image.root, Image.folder, func.count()).group_by(Image.root, Image.folder)
+        """Every folder holding images (ancestors included) with its recursive count of photos
+        that can be shown (files that failed to index are left out, as browsing leaves them)."""
+        stmt = (
+            select(Image.root, Image.folder, func.count())
+            .where(Image.status == ImageStatus.OK)
+            .group_by(Image.root, Image.folder)
+        )
         if root is not None:
             stmt = stmt.where(Image.root == root)
         counts: dict[tuple[str, str], int] = {}

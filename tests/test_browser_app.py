@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -230,7 +231,7 @@ def test_browser_detail_view_shows_photo_caption_and_metadata(page: object, serv
     page.get_by_text("Similar photos").wait_for(timeout=WAIT_MS)
     _wait_images(page)
     page.screenshot(path=str(SCREENSHOTS / "coca_app_detail.png"), full_page=True)
-    image_id = int(page.url.rsplit("id=", 1)[1])
+    image_id = int(parse_qs(urlsplit(page.url).query)["id"][0])
     detail = server.library.catalog().get_image(image_id)
     body = page.inner_text("body")
     assert detail.caption.text in body

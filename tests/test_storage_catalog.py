@@ -217,6 +217,7 @@ def test_storage_catalog_folders_count_images_below(catalog: Catalog) -> None:
     catalog.upsert_images(
         [_meta("a/b/1.jpg"), _meta("a/b/2.jpg"), _meta("a/3.jpg"), _meta("top.jpg")]
     )
+    catalog.record_error(ROOT, "a/b/broken.jpg", 1, 1, "bad")  # not a photo to show
     counts = {(f.root, f.folder): f.images for f in catalog.folders()}
     assert counts == {(ROOT, ""): 4, (ROOT, "a"): 3, (ROOT, "a/b"): 2}
 

@@ -9,12 +9,25 @@ from storage import ImageDetail, ImageFilter
 
 PAGE_SIZES = (12, 24, 48, 96)
 ORDERS = {"date_desc": "Newest first", "date_asc": "Oldest first", "path": "By path"}
+PAGE_KEY = "browse-page"
 
 
 def _tile(detail: ImageDetail) -> ui.Tile:
     image = detail.image
     caption = detail.caption.text if detail.caption else None
     return ui.Tile(image.id, image.abs_path, caption, note=ui.format_date(image.photo_date))
+
+
+def _restart_on_new_view(view: tuple) -> None:
+    """Filters or layout changed since this session's last run: start again from page 1.
+
+    A session's first run keeps the page the URL asks for (a reload, a shared link, or Back
+    from a photo, which opens a new session).
+    """
+    shown = st.session_state.get("browse-view")
+    st.session_state["browse-view"] = view
+    if shown is not None and shown != view:
+        st.session_state[PAGE_KEY] = 1
 
 
 st.title("Browse the library")
@@ -31,11 +44,7 @@ order = st.sidebar.selectbox(
 )
 
 spec = ImageFilter(folder=filters.folder, date_from=filters.date_from, date_to=filters.date_to)
-# Filters or layout changed: start again from the first page.
-view = (spec, page_size, order)
-if st.session_state.get("browse-view") != view:
-    st.session_state["browse-view"] = view
-    st.session_state.pop("browse-page", None)
+_restart_on_new_view((spec, page_size, order))
 
 total = catalog.list_images(spec, page=0, page_size=1).total
 if total == 0:
@@ -50,7 +59,8 @@ if total == 0:
     st.stop()
 
 pages = -(-total // page_size)
-page = st.pagination(pages, key="browse-page") if pages > 1 else 1
+# Bound to the URL (?browse-page=3): reloading, or coming back from a photo, keeps the page.
+page = st.pagination(pages, key=PAGE_KEY, bind="query-params") if pages > 1 else 1
 result = catalog.list_images(spec, page=page - 1, page_size=page_size, order=order)
 st.caption(f"{result.total} photos · page {page} of {result.pages}")
-ui.photo_grid([_tile(d) for d in result.items])
+ui.photo_grid([_tile(d) for d in result.items], back=ui.back_here("browse"))

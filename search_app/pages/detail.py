@@ -1,7 +1,9 @@
 """Detail page (?id=N): the full photo, its caption with provenance, metadata and similar photos.
 
-The id is the only thing read from the request, and only digits are accepted: anything else (a
-path, a bogus number) shows the same "not found" and nothing more.
+The id is the only thing looked up from the request, and only digits are accepted: anything else
+(a path, a bogus number) shows the same "not found" and nothing more. The grid's links may add
+the way back to their results (`from` and `back`, see grid.BackLink): those are only handed back
+to that page, whose widgets check them as they check any shared link.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from pathlib import Path
 import streamlit as st
 
 from search_app import resources, ui
+from search_app.grid import LIKE_PARAM
 from search_app.library import CatalogMissingError
 from search_app.search import SearchError
+from search_app.thumbnails import FULL_SIDE
 from storage import Catalog, ImageDetail
 
 SIMILAR_COUNT = 8
@@ -33,6 +37,32 @@ def _not_found() -> None:
     st.error("There is no photo with this id in the catalog.")
     st.page_link("pages/browse.py", label="Browse the library", icon=":material/photo_library:")
     st.stop()
+
+
+def _back_link(back: ui.BackLink | None) -> None:
+    """To the results this photo was opened from, as they were; a plain search without them."""
+    if back is None:
+        st.page_link("pages/search.py", label="Back to search", icon=":material/arrow_back:")
+        return
+    st.page_link(
+        back.page_file,
+        label=f"Back to {back.page}",
+        icon=":material/arrow_back:",
+        query_params=back.params,
+    )
+
+
+def _photo(detail: ImageDetail) -> None:
+    """The photo, large; st.image itself since ui.show_image gives it no alt text."""
+    image = detail.image
+    rendered = resources.get_thumbnails().get(image.id, image.abs_path, FULL_SIDE)
+    if rendered is None:
+        st.warning(
+            "The file is missing or unreadable; re-run the indexer.", icon=":material/broken_image:"
+        )
+        return
+    alt = detail.caption.text if detail.caption else image.abs_path.name
+    st.image(rendered.data, width="stretch", alt=alt)
 
 
 def _caption(detail: ImageDetail) -> None:
@@ -67,7 +97,15 @@ def _metadata(detail: ImageDetail) -> None:
     st.markdown("\n".join(f"- **{name}:** {ui.escape(value)}" for name, value in facts.items()))
 
 
-def _similar(image_id: int) -> None:
+def _search_options(back: ui.BackLink | None) -> list[tuple[str, str]]:
+    """The options (number of results, filters...) of the search that led here, if one did:
+    "More like this" keeps them, as the grid's own "More like this" links do."""
+    if back is None or back.page != "search":
+        return []
+    return [(name, value) for name, value in back.params if name != LIKE_PARAM]
+
+
+def _similar(image_id: int, back: ui.BackLink | None) -> None:
     st.subheader("Similar photos")
     config = resources.settings()
     try:
@@ -80,10 +118,11 @@ def _similar(image_id: int) -> None:
         "pages/search.py",
         label="More like this",
         icon=":material/search:",
-        query_params={"like": str(image_id)},
+        query_params=[*_search_options(back), (LIKE_PARAM, str(image_id))],
     )
     tiles = [ui.Tile(r.id, Path(r.path), r.caption, r.score) for r in response.results]
-    ui.photo_grid(tiles)
+    # Hop from photo to similar photo as long as you like: "Back" still leads to the results.
+    ui.photo_grid(tiles, back=back)
 
 
 config = resources.settings()
@@ -95,11 +134,12 @@ detail = _requested(catalog)
 if detail is None:
     _not_found()
 
-st.page_link("pages/search.py", label="Back to search", icon=":material/arrow_back:")
+back = ui.incoming_back()
+_back_link(back)
 picture, about = st.columns([3, 2], gap="large")
 with picture:
-    ui.show_image(detail.image.id, detail.image.abs_path, full=True)
+    _photo(detail)
 with about:
     _caption(detail)
     _metadata(detail)
-_similar(detail.image.id)
+_similar(detail.image.id, back)

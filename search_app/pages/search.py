@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
@@ -17,14 +18,31 @@ from search_app.search import (
     SearchResult,
     open_upload,
 )
+from search_app.thumbnails import THUMBNAIL_SIDE
 from storage import Catalog
 
 RESULT_COUNTS = (8, 12, 20, 40, 100)
 KEEP_ALL_SCORE = -0.2  # the minimum-score slider's left end: no cutoff
+UPLOAD_KEY = "upload"
+_UPLOAD_GENERATION = "upload-generation"  # bumped to empty the uploader
 
 
 def _clear_similar() -> None:
     st.query_params.pop(LIKE_PARAM, None)
+
+
+def _upload_key() -> str:
+    # A file uploader's value can't be set from Python: a new key is a new, empty uploader. The
+    # first keeps the plain key that tests (and anyone reading the session state) know it by.
+    generation = st.session_state.get(_UPLOAD_GENERATION, 0)
+    return UPLOAD_KEY if generation == 0 else f"{UPLOAD_KEY}-{generation}"
+
+
+def _new_text_query() -> None:
+    """A query typed and entered replaces whatever was shown: more like this, or the upload."""
+    _clear_similar()
+    if st.session_state.get(_upload_key()) is not None:
+        st.session_state[_UPLOAD_GENERATION] = st.session_state.get(_UPLOAD_GENERATION, 0) + 1
 
 
 def _like_id() -> int | None:
@@ -63,6 +81,29 @@ def _options(filters: SearchFilters) -> SearchOptions:
     return SearchOptions(k, filters, hybrid, cutoff, sort_by_date)
 
 
+def _apply_options(response: SearchResponse, options: SearchOptions) -> SearchResponse:
+    """The minimum score and date order for the searches whose engine call takes neither
+    (upload, more like this), applied as search_text applies them: cutoff first, then sort."""
+    results = response.results
+    kept = [r for r in results if options.min_score is None or r.score >= options.min_score]
+    if options.sort_by_date:
+        kept.sort(key=_newest_first)
+    dropped = response.cut_off + len(results) - len(kept)
+    return dataclasses.replace(response, results=kept, cut_off=dropped)
+
+
+def _newest_first(result: SearchResult) -> tuple[bool, float]:
+    taken = result.photo_date
+    return (taken is None, -taken.timestamp() if taken is not None else 0.0)
+
+
+def _way_back() -> ui.BackLink | None:
+    """What a detail link must carry to come back to these results; None when the URL holds
+    nothing to restore (the detail page's plain "Back to search" does the same)."""
+    back = ui.back_here("search")
+    return back if back.query else None
+
+
 def _tiles(results: list[SearchResult]) -> list[ui.Tile]:
     return [
         ui.Tile(r.id, Path(r.path), r.caption, r.score, ui.format_date(r.photo_date))
@@ -81,17 +122,33 @@ def _show(response: SearchResponse, what: str) -> None:
             icon=":material/search_off:",
         )
         return
-    ui.photo_grid(_tiles(response.results), keep_query=True)
+    ui.photo_grid(_tiles(response.results), keep_query=True, back=_way_back())
+
+
+def _reference_image(image_id: int, path: Path, alt: str) -> None:
+    # st.image itself rather than ui.show_image: that one gives every image alt="", and this
+    # one stands for the whole search, so a screen reader must be told what it shows.
+    rendered = resources.get_thumbnails().get(image_id, path, THUMBNAIL_SIDE)
+    if rendered is None:
+        st.warning("The file is missing or unreadable.", icon=":material/broken_image:")
+        return
+    st.image(
+        rendered.data,
+        width="stretch",
+        link=ui.detail_href(image_id, _way_back()),
+        alt=alt,
+    )
 
 
 def _reference(catalog: Catalog, image_id: int) -> None:
     """The photo a more-like-this search started from, small, with a way back."""
     detail = catalog.get_image(image_id)
     thumb, text = st.columns([1, 4], vertical_alignment="center")
+    caption = detail.caption.text if detail and detail.caption else ""
     if detail is not None:
         with thumb:
-            ui.show_image(image_id, detail.image.abs_path, link=ui.detail_href(image_id))
-    caption = detail.caption.text if detail and detail.caption else ""
+            alt = caption or detail.image.abs_path.name
+            _reference_image(image_id, detail.image.abs_path, alt)
     text.subheader("More like this photo")
     if caption:
         text.markdown(ui.escape(caption))
@@ -118,22 +175,28 @@ query = st.text_input(
     "Describe what you are looking for",
     key="q",
     placeholder="e.g. two red cars on the beach",
-    on_change=_clear_similar,
+    on_change=_new_text_query,
     bind="query-params",
 )
 with st.expander("…or search with a photo of your own"):
     upload = st.file_uploader(
-        "Photo", type=None, key="upload", on_change=_clear_similar, label_visibility="collapsed"
+        "Photo",
+        type=None,
+        key=_upload_key(),
+        on_change=_clear_similar,
+        label_visibility="collapsed",
     )
 
 like = _like_id()
 try:
     if like is not None:
         _reference(catalog, like)
-        _show(engine.find_similar(like, options.k, options.filters), "similar photos")
+        response = engine.find_similar(like, options.k, options.filters)
+        _show(_apply_options(response, options), "similar photos")
     elif upload is not None:
         image = open_upload(upload.getvalue())
-        _show(engine.search_image(image, options.k, options.filters), "photos like your upload")
+        response = engine.search_image(image, options.k, options.filters)
+        _show(_apply_options(response, options), "photos like your upload")
     elif query.strip():
         response = engine.search_text(
             query,
