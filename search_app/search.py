@@ -11,10 +11,8 @@ with a message meant for the user.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from coca.identity import model_identity
 from search_app.catch_up import CATCH_UP_S, add_committed_since_save
+from search_app.errors import BadQueryError, EmptyCatalogError, ModelMismatchError, SearchError
 from storage import Catalog, ImageDetail, ImageFilter, VectorIndex, open_or_rebuild
 from storage.vector_files import IndexFileError, writer_active
 
@@ -37,22 +36,6 @@ RRF_K = 60  # the usual RRF constant: damps the head of each list so neither dom
 CANDIDATES_PER_RESULT = 5  # hybrid fetches k * this from each list before fusing
 MIN_CANDIDATES = 50
 MAX_K = 1000
-
-
-class SearchError(ValueError):
-    """A search that cannot run; the message tells the user what to do."""
-
-
-class EmptyCatalogError(SearchError):
-    """Nothing has been indexed yet."""
-
-
-class ModelMismatchError(SearchError):
-    """The catalog's embeddings were made by another model than the one loaded."""
-
-
-class BadQueryError(SearchError):
-    """An empty or overlong query, or an unreadable image."""
 
 
 @dataclass(frozen=True)
@@ -133,32 +116,6 @@ class SearchOptions:
     hybrid: bool = False
     min_score: float | None = None  # drop results whose cosine similarity is lower
     sort_by_date: bool = False  # newest first, applied after the cutoff
-
-
-def open_upload(data: bytes) -> Image.Image:
-    """An uploaded file as an upright PIL image; anything unreadable is a BadQueryError."""
-    if not data:
-        raise BadQueryError("the uploaded file is empty; choose a photo (JPEG, PNG, WebP, ...)")
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError as error:
-        raise BadQueryError(
-            f"the upload is too large to open ({image_pixels(error)}); use a smaller copy"
-        ) from error
-    except UnidentifiedImageError as error:
-        raise BadQueryError(
-            "the upload is not an image format this app reads; try a JPEG, PNG, WebP or HEIC"
-        ) from error
-    except (OSError, ValueError) as error:
-        raise BadQueryError(f"the upload is not a readable image ({error})") from error
-
-
-def image_pixels(error: Image.DecompressionBombError) -> str:
-    """ "400,000,000 pixels" out of Pillow's message, else the message itself."""
-    found = re.search(r"\((\d+) pixels\)", str(error))
-    return f"{int(found.group(1)):,} pixels" if found else str(error)
 
 
 class SearchEngine:

@@ -31,7 +31,7 @@ def _open_heif_too() -> None:
     """Let Pillow open HEIC/HEIF as the indexer does (indexer.decode.register_heif_opener).
 
     The catalog holds the HEIC photos the indexer read, so the app must open them too: thumbnails
-    here and uploads (search.open_upload). The plugin is process-wide and every page imports this
+    here and uploads (uploads.open_upload). The plugin is process-wide and every page imports this
     module (through ui), so registering once at import covers both. Not imported from the indexer:
     that would load torch into this Pillow-only module.
     """

@@ -28,8 +28,8 @@ from search_app.search import (
     SearchFilters,
     _reciprocal_rank_fusion,
     open_engine,
-    open_upload,
 )
+from search_app.uploads import open_upload
 from tests.indexer_support import fast_decoding, save_tiny_bundle, write_library, write_photo
 
 

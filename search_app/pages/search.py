@@ -16,9 +16,9 @@ from search_app.search import (
     SearchOptions,
     SearchResponse,
     SearchResult,
-    open_upload,
 )
 from search_app.thumbnails import THUMBNAIL_SIDE
+from search_app.uploads import open_upload
 from storage import Catalog
 
 RESULT_COUNTS = (8, 12, 20, 40, 100)
