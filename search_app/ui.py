@@ -35,7 +35,7 @@ def catalog_or_stop(config: AppSettings) -> Catalog:
     try:
         return resources.get_catalog(str(config.catalog_path))
     except CatalogMissingError as error:
-        st.info(f"The catalog is empty. {error}", icon=":material/inbox:")
+        st.info(f"Nothing to show yet: {error}.", icon=":material/inbox:")
         st.stop()
         raise  # st.stop() raises; this keeps type checkers and readers sure of it
 
