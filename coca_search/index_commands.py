@@ -299,6 +299,10 @@ def search_command(
 def _folder(text: str | None) -> str | None:
     """A folder that exists from here (`.`, `../photos/2024`) becomes absolute, so it is matched
     against the library roots; anything else is a folder inside the library."""
+    from indexer.scan import printable_path, storable_path
+
+    if text and not storable_path(text):
+        raise _fail(f"--folder {printable_path(text)}: the catalog holds no path that is not UTF-8")
     if not text or Path(text).is_absolute():
         return text
     here = Path(text).expanduser()

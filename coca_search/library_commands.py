@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
-from coca_search.index_commands import DATA_HELP, _fail, _open_catalog, default_data_dir
+from coca_search.index_commands import (
+    DATA_HELP,
+    _fail,
+    _open_catalog,
+    default_data_dir,
+    parse_data_dir,
+)
 
 
 def forget_command(
     folder: Path = typer.Argument(
         ..., help="A library folder (or a folder inside one) whose photos the catalog should drop."
     ),
-    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP, parser=parse_data_dir),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Forget a folder's photos (captions, embeddings, index entries); files are not touched.
@@ -23,13 +30,21 @@ def forget_command(
     """
     from indexer.forget import forget_folder
     from indexer.pipeline import IndexerBusyError
+    from indexer.scan import printable_path, storable_path
     from search_app.search import DataLayout
     from storage import ImageFilter
 
     layout = DataLayout((data or default_data_dir()).expanduser())
     if not layout.catalog_path.exists():
         raise _fail(f"no catalog in {layout.data_dir}: nothing to forget")
-    target = str(folder.expanduser().absolute()).rstrip("/") or "/"
+    # Resolved as `index` resolves its folder (links, "..", "~"), so the same path matches.
+    target = str(folder.expanduser().resolve())
+    if not storable_path(target):
+        raise _fail(f"{printable_path(target)}: the catalog holds no path that is not UTF-8")
+    if not os.access(layout.data_dir, os.W_OK | os.X_OK):
+        raise _fail(
+            f"the data folder {layout.data_dir} is not writable: forget changes its catalog"
+        )
     catalog = _open_catalog(layout.data_dir)
     count = int(catalog.filter_image_ids(ImageFilter(folder=target)).size)
     if count == 0:

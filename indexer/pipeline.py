@@ -35,7 +35,13 @@ from indexer.records import (
     StageTimes,
     WorkItem,
 )
-from indexer.roots import adopt_nested_roots, find_scope, orphan_rows, prefixed
+from indexer.roots import (
+    adopt_nested_roots,
+    find_scope,
+    keep_whole_folder_moves,
+    orphan_rows,
+    prefixed,
+)
 from indexer.scan import ScanDiff, diff_library, printable_path, storable_path, walk_images
 from storage import Catalog, VectorIndex, open_or_rebuild
 from storage.vector_files import writer_lock_path
@@ -123,6 +129,7 @@ def run_index(
         found = prefixed(walk_images(root, unstorable), scope.prefix)
         known, orphans = scope.known_files(catalog), orphan_rows(catalog, scope)
         diff = diff_library(scope.root, found, known, orphans=orphans)
+        keep_whole_folder_moves(diff)
         removed = _apply_removals(catalog, index, diff)
         _apply_moves(catalog, index, scope.key, diff)
         work = _plan_work(catalog, model_id, scope.key, diff, config.encode.captions)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from indexer.scan import FoundFile
+from indexer.scan import FoundFile, MovedFile, ScanDiff
 from storage import Catalog, VectorIndex
 from storage.records import KnownFile
 
@@ -68,6 +68,11 @@ def adopt_nested_roots(catalog: Catalog, index: VectorIndex, scope: Scope) -> in
     for nested in catalog.roots():
         if not _is_inside(PurePosixPath(nested), folder):
             continue
+        if not Path(nested).is_dir():
+            # Absent (an unplugged drive mounted inside the folder?): joined, its rows would be
+            # removed by this scan. It stays a root of its own until it is back or forgotten.
+            logger.info("%s is absent; its photos stay catalogued under it", nested)
+            continue
         prefix = PurePosixPath(nested).relative_to(PurePosixPath(scope.key)).as_posix() + "/"
         displaced = catalog.adopt_root(nested, scope.key, prefix)
         if displaced:
@@ -96,3 +101,21 @@ def orphan_rows(catalog: Catalog, scope: Scope) -> dict[str, KnownFile]:
                 (f"{root}/{path}", row) for path, row in catalog.known_files(root).items()
             )
     return orphans
+
+
+def keep_whole_folder_moves(diff: ScanDiff) -> None:
+    """Moves from another root count only where the photo kept its place in the library (a
+    renamed or moved library folder). The same photo elsewhere, e.g. a copy in this folder of a
+    photo on an unplugged drive, is a new file: its row on the drive must not move over here."""
+    elsewhere = [moved for moved in diff.moved if not _kept_its_place(moved)]
+    if not elsewhere:
+        return
+    diff.moved[:] = [moved for moved in diff.moved if _kept_its_place(moved)]
+    diff.new.extend(moved.new for moved in elsewhere)
+
+
+def _kept_its_place(moved: MovedFile) -> bool:
+    # Rows of this root have relative paths; other roots' rows are keyed by absolute path.
+    if not moved.old_path.startswith("/"):
+        return True
+    return moved.old_path.endswith("/" + moved.new.relative_path)

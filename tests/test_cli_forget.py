@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -66,3 +68,25 @@ def test_cli_forget_a_folder_the_catalog_does_not_hold_says_so(
     assert code == 1 and "no catalogued photo" in output and photos.resolve().as_posix() in output
     code, output = invoke("forget", str(photos), "--data", str(data), answer="n\n")
     assert code == 1 and "nothing forgotten" in output
+
+
+def test_cli_forget_resolves_links_and_refuses_bad_input(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    write_library(photos, 4, folders=2)
+    base = ["--data", str(data), "--model", str(bundle), "--device", "cpu", "--workers", "1"]
+    assert invoke("index", str(photos), *base)[0] == 0
+    (tmp_path / "link").symlink_to(photos)
+    code, output = invoke("forget", str(tmp_path / "link" / "album0"), "--data", str(data), "-y")
+    assert code == 0 and "forgot 2 photos" in output  # the folder through a link, as index sees it
+    code, output = invoke("forget", os.fsdecode(b"caf\xe9"), "--data", str(data), "-y")
+    assert code == 2 and "not UTF-8" in output and "Traceback" not in output
+    code, output = invoke("forget", str(photos), "--data", "", "-y")
+    assert code == 2 and "is empty" in output
+    from coca_search import library_commands
+
+    read_only = SimpleNamespace(access=lambda *args, **kwargs: False, W_OK=os.W_OK, X_OK=os.X_OK)
+    monkeypatch.setattr(library_commands, "os", read_only)  # as a read-only mount answers
+    code, output = invoke("forget", str(photos), "--data", str(data), "-y")
+    assert code == 2 and "not writable" in output

@@ -137,3 +137,38 @@ def test_roots_an_absent_library_folder_keeps_rows_no_new_file_matches(
     assert (summary.moved, summary.indexed, summary.removed) == (0, 2, 0)
     roots = {root for root, _ in data.rows()}
     assert roots == {drive.resolve().as_posix(), other.resolve().as_posix()}
+
+
+def test_roots_an_absent_folder_inside_the_indexed_one_keeps_its_rows(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    """An unplugged drive mounted inside the library folder is not taken in and emptied."""
+    lib = tmp_path / "lib"
+    write_library(lib / "usb", 3, folders=1)
+    write_library(lib / "other", 2, seed=4, folders=1)
+    data = DataFolder(tmp_path / "data", tiny_model)
+    data.index(lib / "usb")
+    usb_rows = data.rows()
+    (lib / "usb").rename(tmp_path / "unplugged")
+    summary = data.index(lib)
+    assert (summary.indexed, summary.removed) == (2, 0)
+    assert set(usb_rows.items()) <= set(data.rows().items())  # untouched, under their own root
+    data.assert_one_vector_per_row()
+
+
+def test_roots_a_copy_of_an_absent_folders_photo_is_not_a_move(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    """Only a photo that kept its place in the library moves over from a root that is gone."""
+    away, here = tmp_path / "away", tmp_path / "here"
+    paths = write_library(away, 2, folders=1)
+    write_library(here, 1, seed=4, folders=1)
+    data = DataFolder(tmp_path / "data", tiny_model)
+    data.index(away)
+    before = data.rows()
+    away.rename(tmp_path / "away.unplugged")
+    copy = here / "copy_of_a_photo.jpg"
+    copy.write_bytes((tmp_path / "away.unplugged" / paths[0].relative_to(away)).read_bytes())
+    summary = data.index(here)
+    assert (summary.moved, summary.indexed) == (0, 2)
+    assert set(before.items()) <= set(data.rows().items())
