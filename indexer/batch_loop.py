@@ -195,6 +195,10 @@ class BatchLoop:
             self.indexed += len(ids)
             self.dirty = True
         for item, message in batch.failures:
+            if not (self.root / item.file.relative_path).exists():
+                self._forget_vanished(item)  # deleted since the scan: gone, not broken
+                continue
+            self.errors += 1
             image_id = self.catalog.record_error(
                 self.root.as_posix(),
                 item.file.relative_path,
@@ -206,12 +210,20 @@ class BatchLoop:
             self.index.remove([image_id])  # a changed file that now fails loses its old vector
             self.dirty = True  # record_error dropped its embedding: the file must follow
             logger.warning("%s: %s", item.file.relative_path, message)
-        self.errors += len(batch.failures)
         self.done += len(batch.items) + len(batch.failures)
         self.times["commit"] += time.perf_counter() - start
         if time.perf_counter() - self.last_save >= self.config.save_index_every_s:
             self._save_index()
         self._report()
+
+    def _forget_vanished(self, item: WorkItem) -> None:
+        """A file deleted while the run decoded others: its row (if it had one) goes, as the next
+        scan would remove it, instead of an error row for a file that no longer exists."""
+        image_id = self.catalog.delete_file(self.root.as_posix(), item.file.relative_path)
+        if image_id is not None:
+            self.index.remove([image_id])
+            self.dirty = True
+        logger.info("%s: deleted while indexing", item.file.relative_path)
 
     def _store(self, batch: _Batch, encoded) -> list[int]:  # noqa: ANN001 - EncodedBatch
         """Commit one batch: new files with their metadata, kept rows with their model output."""

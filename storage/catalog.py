@@ -178,6 +178,16 @@ class Catalog(CatalogQueries):
             )
         return displaced
 
+    def delete_file(self, root: str, path: str) -> int | None:
+        """Delete the row of the file at (root, path), if any; returns its id."""
+        with self.db.session(write=True) as session:
+            image_id = session.execute(
+                select(Image.id).where(Image.root == root, Image.path == path)
+            ).scalar()
+            if image_id is not None:
+                session.execute(delete(Image).where(Image.id == image_id))
+        return None if image_id is None else int(image_id)
+
     def delete_images(self, image_ids: Iterable[int]) -> int:
         """Delete images with their captions and embeddings; returns how many rows went."""
         ids = sorted({int(i) for i in image_ids})

@@ -13,6 +13,7 @@ import torch
 
 import coca
 import storage
+from indexer import pipeline
 from indexer.decode import DecodeConfig
 from indexer.encode import EncodeConfig
 from indexer.pipeline import (
@@ -400,3 +401,26 @@ def test_pipeline_summary_counts_each_file_once(library: Library) -> None:
         0,
         1,
     )
+
+
+def test_pipeline_a_file_deleted_after_the_scan_is_not_an_error(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = write_library(library.photos, 4)
+    library.index()
+    write_photo(photos[1], seed=50)  # changed: planned again with its row
+    extra = write_photo(library.photos / "extra.jpg", seed=51)  # new
+    scan = pipeline.diff_library
+
+    def scan_then_delete(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        diff = scan(*args, **kwargs)
+        photos[1].unlink()  # both vanish between the scan and their decode
+        extra.unlink()
+        return diff
+
+    monkeypatch.setattr(pipeline, "diff_library", scan_then_delete)
+    summary = library.index()
+    assert (summary.indexed, summary.errors) == (0, 0)
+    assert photos[1].relative_to(library.photos).as_posix() not in library.paths()
+    assert "extra.jpg" not in library.paths()
+    library.assert_consistent()
