@@ -7,6 +7,7 @@ while the work happens in `coca`, `storage`, `indexer` and `search_app`.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import typer
 
@@ -32,6 +33,9 @@ def configure(
         # faiss reports at INFO that its AVX2 build is missing before loading the generic one,
         # with a ModuleNotFoundError in the message: alarming and not actionable for a user.
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # Pillow warns (raw, to stderr) about any image between its pixel limit and twice it; the
+    # decoders enforce their own limit (DecodeConfig.max_pixels) and report refusals per file.
+    warnings.filterwarnings("ignore", message=r".*decompression bomb", category=Warning)
 
 
 def _register_commands() -> None:
