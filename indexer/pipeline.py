@@ -37,9 +37,9 @@ from indexer.records import (
 )
 from indexer.roots import (
     adopt_nested_roots,
+    claim_moved_library,
     find_scope,
-    keep_whole_folder_moves,
-    orphan_rows,
+    gone_roots_rows,
     prefixed,
 )
 from indexer.scan import ScanDiff, diff_library, printable_path, storable_path, walk_images
@@ -127,9 +127,9 @@ def run_index(
         adopt_nested_roots(catalog, index, scope)
         unstorable: list[str] = []
         found = prefixed(walk_images(root, unstorable), scope.prefix)
-        known, orphans = scope.known_files(catalog), orphan_rows(catalog, scope)
-        diff = diff_library(scope.root, found, known, orphans=orphans)
-        keep_whole_folder_moves(diff)
+        known = scope.known_files(catalog)
+        diff = diff_library(scope.root, found, known)
+        claim_moved_library(diff, gone_roots_rows(catalog, scope), scope.root)
         removed = _apply_removals(catalog, index, diff)
         _apply_moves(catalog, index, scope.key, diff)
         work = _plan_work(catalog, model_id, scope.key, diff, config.encode.captions)

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from indexer.scan import FoundFile, MovedFile, ScanDiff
+from indexer.scan import HASH_WORKERS, FoundFile, MovedFile, ScanDiff, hash_found_files
 from storage import Catalog, VectorIndex
+from storage.hashing import content_hash, is_legacy_hash, trusted_legacy_hash
 from storage.records import KnownFile
 
 logger = logging.getLogger(__name__)
@@ -91,31 +92,89 @@ def prefixed(found: Iterable[FoundFile], prefix: str) -> Iterator[FoundFile]:
         yield dataclasses.replace(file, relative_path=prefix + file.relative_path)
 
 
-def orphan_rows(catalog: Catalog, scope: Scope) -> dict[str, KnownFile]:
-    """Rows of other library roots whose folder no longer exists, keyed by absolute path: the
-    candidates for a renamed or moved library folder (see `indexer.scan.diff_library`)."""
-    orphans: dict[str, KnownFile] = {}
+@dataclass(frozen=True)
+class _GoneRow:
+    """A catalog row of a library root that no longer exists."""
+
+    path: str  # absolute: the gone root, then the row's relative path
+    row: KnownFile
+
+
+def gone_roots_rows(catalog: Catalog, scope: Scope) -> dict[str, list[_GoneRow]]:
+    """Rows (with a content hash) of other library roots whose folder no longer exists, by file
+    name: the candidates for a renamed or moved library folder (see `claim_moved_library`)."""
+    by_name: dict[str, list[_GoneRow]] = {}
     for root in catalog.roots():
-        if root != scope.key and not Path(root).exists():
-            orphans.update(
-                (f"{root}/{path}", row) for path, row in catalog.known_files(root).items()
-            )
-    return orphans
+        if root == scope.key or Path(root).exists():
+            continue
+        for path, row in catalog.known_files(root).items():
+            if row.content_hash:
+                name = path.rpartition("/")[2]
+                by_name.setdefault(name, []).append(_GoneRow(f"{root}/{path}", row))
+    return by_name
 
 
-def keep_whole_folder_moves(diff: ScanDiff) -> None:
-    """Moves from another root count only where the photo kept its place in the library (a
-    renamed or moved library folder). The same photo elsewhere, e.g. a copy in this folder of a
-    photo on an unplugged drive, is a new file: its row on the drive must not move over here."""
-    elsewhere = [moved for moved in diff.moved if not _kept_its_place(moved)]
-    if not elsewhere:
+def claim_moved_library(
+    diff: ScanDiff,
+    gone: dict[str, list[_GoneRow]],
+    root: Path,
+    workers: int = HASH_WORKERS,
+) -> None:
+    """Turn the arrivals (`diff.new`) that are photos of a renamed or moved library folder into
+    moves, keeping their captions and embeddings: a row of a root that is gone, at the same place
+    in the library (its path ends with the arrival's relative path) and with the same content.
+    Each such row is claimed once. Anything else stays new: a copy elsewhere of a photo on an
+    unplugged drive must not take that drive's row, which is never deleted here.
+
+    Only arrivals with a row in the same place are hashed (format 2 into `diff.hashes`, as
+    `diff_library` does; the legacy format only for legacy rows)."""
+    places = _rows_in_place(diff.new, gone)
+    if not places:
         return
-    diff.moved[:] = [moved for moved in diff.moved if _kept_its_place(moved)]
-    diff.new.extend(moved.new for moved in elsewhere)
+    legacy_hashes = _hash_for_matching(diff, places, root, workers)
+    claimed: set[int] = set()
+    moved: set[str] = set()
+    for file in diff.new:
+        for g in places.get(file.relative_path, []):
+            stored = g.row.content_hash or ""
+            digest = (legacy_hashes if is_legacy_hash(stored) else diff.hashes).get(
+                file.relative_path
+            )
+            if g.row.id not in claimed and digest == stored:
+                claimed.add(g.row.id)
+                moved.add(file.relative_path)
+                diff.moved.append(MovedFile(g.row.id, g.path, file))
+                break
+    diff.new[:] = [file for file in diff.new if file.relative_path not in moved]
 
 
-def _kept_its_place(moved: MovedFile) -> bool:
-    # Rows of this root have relative paths; other roots' rows are keyed by absolute path.
-    if not moved.old_path.startswith("/"):
-        return True
-    return moved.old_path.endswith("/" + moved.new.relative_path)
+def _rows_in_place(
+    arrivals: list[FoundFile], gone: dict[str, list[_GoneRow]]
+) -> dict[str, list[_GoneRow]]:
+    """Arrival relative path -> the gone roots' rows at the same place in the library."""
+    places: dict[str, list[_GoneRow]] = {}
+    for file in arrivals:
+        name = file.relative_path.rpartition("/")[2]
+        rows = [g for g in gone.get(name, []) if g.path.endswith("/" + file.relative_path)]
+        if rows:
+            places[file.relative_path] = rows
+    return places
+
+
+def _hash_for_matching(
+    diff: ScanDiff, places: dict[str, list[_GoneRow]], root: Path, workers: int
+) -> dict[str, str]:
+    """Hash the arrivals that have rows in place: format 2 into `diff.hashes` (kept for the
+    catalog, as `diff_library` does) and, where a row holds the legacy format, that too
+    (returned, only to match)."""
+    files = [file for file in diff.new if file.relative_path in places]
+    unhashed = [file for file in files if file.relative_path not in diff.hashes]
+    hash_found_files(diff.hashes, root, unhashed, content_hash, workers)
+    with_legacy = [
+        file
+        for file in files
+        if any(is_legacy_hash(g.row.content_hash or "") for g in places[file.relative_path])
+    ]
+    legacy_hashes: dict[str, str] = {}
+    hash_found_files(legacy_hashes, root, with_legacy, trusted_legacy_hash, workers)
+    return legacy_hashes

@@ -191,7 +191,6 @@ def diff_library(
     hasher: Callable[[Path], str] = content_hash,
     workers: int = HASH_WORKERS,
     legacy_hasher: Callable[[Path], str | None] = trusted_legacy_hash,
-    orphans: Mapping[str, KnownFile] | None = None,
 ) -> ScanDiff:
     """Sort found files into new, changed, unchanged and moved; catalog rows left over are deleted.
 
@@ -200,11 +199,6 @@ def diff_library(
     own file has vanished; otherwise it is new. Each vanished row matches once. Rows hashed by an
     older coca-search hold the legacy format: arrivals left unmatched are compared with those
     by `legacy_hasher` (None: too weak to trust for that file, which is then new).
-
-    `orphans` are rows of library roots that no longer exist, keyed by absolute path: arrivals
-    may be moves from there too (a renamed or moved library folder keeps its captions and
-    embeddings), after this root's own vanished rows. They are never deleted here: the folder
-    may be on a drive that is only unplugged.
 
     Only files that could be moves are hashed here (by `workers` threads; file reads and blake2b
     release the GIL): the arrivals, and only when some vanished row has a hash to match. Every
@@ -215,19 +209,18 @@ def diff_library(
     diff = ScanDiff()
     unseen = dict(known)
     arrivals = _sort_known_paths(diff, found, known, unseen)
-    candidates = {**unseen, **(orphans or {})}  # matched rows leave this, not `unseen`
-    current, legacy = _vanished_by_hash(candidates)
+    current, legacy = _vanished_by_hash(unseen)
     if current:
-        _hash_files(diff.hashes, root, arrivals, hasher, workers)
-        arrivals = _match_moves(diff, arrivals, diff.hashes, current, candidates)
+        hash_found_files(diff.hashes, root, arrivals, hasher, workers)
+        arrivals = _match_moves(diff, arrivals, diff.hashes, current, unseen)
     if legacy:
         # Only to match: the catalog stores format-2 hashes, which the decode workers compute
         # for the files left new.
         legacy_hashes: dict[str, str] = {}
-        _hash_files(legacy_hashes, root, arrivals, legacy_hasher, workers)
-        arrivals = _match_moves(diff, arrivals, legacy_hashes, legacy, candidates)
+        hash_found_files(legacy_hashes, root, arrivals, legacy_hasher, workers)
+        arrivals = _match_moves(diff, arrivals, legacy_hashes, legacy, unseen)
     diff.new.extend(arrivals)
-    diff.deleted.update((path, row) for path, row in candidates.items() if path in unseen)
+    diff.deleted.update(unseen)
     return diff
 
 
@@ -256,11 +249,10 @@ def _sort_known_paths(
 def _vanished_by_hash(
     unseen: Mapping[str, KnownFile],
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Vanished rows' paths by content hash: (format-2 hashes, legacy hashes), paths sorted,
-    the root's own (relative) before other roots' (absolute)."""
+    """Vanished rows' paths by content hash: (format-2 hashes, legacy hashes), paths sorted."""
     current: dict[str, list[str]] = {}
     legacy: dict[str, list[str]] = {}
-    for path, row in sorted(unseen.items(), key=lambda item: (item[0].startswith("/"), item[0])):
+    for path, row in sorted(unseen.items()):
         if row.content_hash:
             by_hash = legacy if is_legacy_hash(row.content_hash) else current
             by_hash.setdefault(row.content_hash, []).append(path)
@@ -288,7 +280,7 @@ def _match_moves(
     return unmatched
 
 
-def _hash_files(
+def hash_found_files(
     into: dict[str, str],
     root: Path,
     files: list[FoundFile],

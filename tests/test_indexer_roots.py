@@ -172,3 +172,21 @@ def test_roots_a_copy_of_an_absent_folders_photo_is_not_a_move(
     summary = data.index(here)
     assert (summary.moved, summary.indexed) == (0, 2)
     assert set(before.items()) <= set(data.rows().items())
+
+
+def test_roots_a_renamed_folder_moves_even_beside_a_copy_found_first(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    """The row goes to the photo at its place, whichever of it and a copy the scan meets first."""
+    lib = tmp_path / "lib"
+    photo = write_library(lib, 1, folders=1)[0]  # lib/album0/img_00000.jpg
+    data = DataFolder(tmp_path / "data", tiny_model)
+    data.index(lib)
+    (old_id,) = data.rows().values()
+    lib.rename(tmp_path / "lib-2024")
+    renamed = tmp_path / "lib-2024" / photo.relative_to(lib)
+    (renamed.parent / "a_copy.jpg").write_bytes(renamed.read_bytes())  # walked before it
+    summary = data.index(tmp_path / "lib-2024")
+    assert (summary.moved, summary.indexed) == (1, 1)
+    root = (tmp_path / "lib-2024").resolve().as_posix()
+    assert data.rows()[(root, "album0/img_00000.jpg")] == old_id
