@@ -76,10 +76,12 @@ def _open_catalog(data_dir: Path) -> Any:
         raise _fail(f"cannot open the catalog in {data_dir}: {error}") from error
 
 
-def _check_writable(data_dir: Path) -> None:
-    """Refuse before loading the model when `index` could not write its catalog and vector index
-    into `data_dir` (a read-only mount, a folder of someone else's): SQLite would only say
-    "unable to open database file" once the work had started."""
+def _check_writable(
+    data_dir: Path, purpose: str = "indexing writes the catalog and vector index there"
+) -> None:
+    """Refuse before loading the model when a command could not write its catalog and vector
+    index into `data_dir` (a read-only mount, a folder of someone else's): SQLite would only say
+    "unable to open database file" once the work had started. `purpose` says what writes."""
     from search_app.search import DataLayout
 
     folder = data_dir.absolute()
@@ -93,8 +95,8 @@ def _check_writable(data_dir: Path) -> None:
     if existing != folder:
         raise _fail(f"cannot create the data folder {data_dir}: {existing} is not writable")
     raise _fail(
-        f"the data folder {data_dir} is not writable: indexing writes the catalog and vector "
-        "index there; make it writable or pass another --data folder (search works read-only)"
+        f"the data folder {data_dir} is not writable: {purpose}; make it writable or pass "
+        "another --data folder (search works read-only)"
     )
 
 

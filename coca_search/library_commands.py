@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from coca_search.index_commands import (
     DATA_HELP,
+    _check_writable,
     _fail,
     _open_catalog,
     default_data_dir,
@@ -41,10 +41,7 @@ def forget_command(
     target = str(folder.expanduser().resolve())
     if not storable_path(target):
         raise _fail(f"{printable_path(target)}: the catalog holds no path that is not UTF-8")
-    if not os.access(layout.data_dir, os.W_OK | os.X_OK):
-        raise _fail(
-            f"the data folder {layout.data_dir} is not writable: forget changes its catalog"
-        )
+    _check_writable(layout.data_dir, "forget changes the catalog and vector index there")
     catalog = _open_catalog(layout.data_dir)
     count = int(catalog.filter_image_ids(ImageFilter(folder=target)).size)
     if count == 0:

@@ -84,9 +84,9 @@ def test_cli_forget_resolves_links_and_refuses_bad_input(
     assert code == 2 and "not UTF-8" in output and "Traceback" not in output
     code, output = invoke("forget", str(photos), "--data", "", "-y")
     assert code == 2 and "is empty" in output
-    from coca_search import library_commands
+    from coca_search import index_commands
 
     read_only = SimpleNamespace(access=lambda *args, **kwargs: False, W_OK=os.W_OK, X_OK=os.X_OK)
-    monkeypatch.setattr(library_commands, "os", read_only)  # as a read-only mount answers
+    monkeypatch.setattr(index_commands, "os", read_only)  # as a read-only mount answers
     code, output = invoke("forget", str(photos), "--data", str(data), "-y")
     assert code == 2 and "not writable" in output
