@@ -166,11 +166,16 @@ class SearchEngine:
         return self._rank(start, model_id, index, vector[0], options, text_hits)
 
     def search_image(
-        self, image: Image.Image, k: int = 10, filters: SearchFilters | None = None
+        self,
+        image: Image.Image,
+        k: int = 10,
+        filters: SearchFilters | None = None,
+        min_score: float | None = None,
+        sort_by_date: bool = False,
     ) -> SearchResponse:
         """Photos that look like `image` (an upload, already opened with `open_upload`)."""
         start = time.perf_counter()
-        options = _options(k, filters, False, None, False)
+        options = _options(k, filters, False, min_score, sort_by_date)
         model_id, index = self._ready()
         try:
             pixels = self.model.preprocess(image).unsqueeze(0).to(self.model.device)  # (1,3,S,S)
@@ -181,19 +186,23 @@ class SearchEngine:
         return self._rank(start, model_id, index, vector[0], options, None)
 
     def find_similar(
-        self, image_id: int, k: int = 10, filters: SearchFilters | None = None
+        self,
+        image_id: int,
+        k: int = 10,
+        filters: SearchFilters | None = None,
+        min_score: float | None = None,
+        sort_by_date: bool = False,
     ) -> SearchResponse:
         """More like this: the nearest photos to a catalogued photo, itself excluded."""
         start = time.perf_counter()
-        options = _options(k + 1, filters, False, None, False)
+        options = _options(k, filters, False, min_score, sort_by_date)
         model_id, index = self._ready()
         ids, vectors = self.catalog.get_embeddings(model_id, [image_id])
         if len(ids) == 0:
             raise BadQueryError(
                 f"image {image_id} has no embedding from this model (not indexed, or a bad file)"
             )
-        response = self._rank(start, model_id, index, vectors[0], options, None, exclude=image_id)
-        return SearchResponse(response.results[:k], response.latency_ms)
+        return self._rank(start, model_id, index, vectors[0], options, None, exclude=image_id)
 
     # -- readiness ----------------------------------------------------------------------------
 
@@ -310,6 +319,7 @@ class SearchEngine:
             spec = options.filters.to_image_filter()
             allowed = self.catalog.filter_image_ids(spec, model_id)
         fetch = _candidates(options.k) if text_hits is not None else options.k
+        fetch += 1 if exclude is not None else 0  # room for the excluded photo: its own nearest
         hits = index.search(query[None, :], min(fetch, MAX_K * CANDIDATES_PER_RESULT), allowed)
         vector_ranked = [(i, s) for i, s in hits.row(0) if i != exclude]
         scores = dict(vector_ranked)

@@ -115,6 +115,10 @@ def test_search_find_similar_puts_the_duplicate_first(engine: SearchEngine, inde
     assert first not in [r.id for r in similar.results]
     assert similar.results[0].id == copy
     assert similar.results[0].score == pytest.approx(1.0, abs=1e-4)
+    assert len(similar.results) == 3  # k results, the photo itself left out
+    # The score cutoff applies here as in a text search, and says how many it dropped.
+    close = engine.find_similar(first, k=3, min_score=0.999)
+    assert [r.id for r in close.results] == [copy] and close.cut_off == 2
 
 
 def test_search_image_finds_the_same_photo(engine: SearchEngine, indexed: Path) -> None:

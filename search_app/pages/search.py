@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import streamlit as st
@@ -79,22 +78,6 @@ def _options(filters: SearchFilters) -> SearchOptions:
     )
     cutoff = None if min_score <= KEEP_ALL_SCORE else min_score
     return SearchOptions(k, filters, hybrid, cutoff, sort_by_date)
-
-
-def _apply_options(response: SearchResponse, options: SearchOptions) -> SearchResponse:
-    """The minimum score and date order for the searches whose engine call takes neither
-    (upload, more like this), applied as search_text applies them: cutoff first, then sort."""
-    results = response.results
-    kept = [r for r in results if options.min_score is None or r.score >= options.min_score]
-    if options.sort_by_date:
-        kept.sort(key=_newest_first)
-    dropped = response.cut_off + len(results) - len(kept)
-    return dataclasses.replace(response, results=kept, cut_off=dropped)
-
-
-def _newest_first(result: SearchResult) -> tuple[bool, float]:
-    taken = result.photo_date
-    return (taken is None, -taken.timestamp() if taken is not None else 0.0)
 
 
 def _way_back() -> ui.BackLink | None:
@@ -191,12 +174,16 @@ like = _like_id()
 try:
     if like is not None:
         _reference(catalog, like)
-        response = engine.find_similar(like, options.k, options.filters)
-        _show(_apply_options(response, options), "similar photos")
+        response = engine.find_similar(
+            like, options.k, options.filters, options.min_score, options.sort_by_date
+        )
+        _show(response, "similar photos")
     elif upload is not None:
         image = open_upload(upload.getvalue())
-        response = engine.search_image(image, options.k, options.filters)
-        _show(_apply_options(response, options), "photos like your upload")
+        response = engine.search_image(
+            image, options.k, options.filters, options.min_score, options.sort_by_date
+        )
+        _show(response, "photos like your upload")
     elif query.strip():
         response = engine.search_text(
             query,
