@@ -12,7 +12,6 @@ A file that fails is returned with its error message; it never stops the pool.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from coca.preprocess import Preprocess, PreprocessConfig, channel_last_pixels
+from indexer.heif import register_heif_opener
 from indexer.ordered import ordered_map
 from storage.hashing import content_hash, content_hash_of_bytes
 
@@ -60,9 +60,6 @@ DECODERS = ("auto", "cpu", "gpu")
 # EXIF, array copies) holds the GIL, and the model and commit threads need it too, so threads stop
 # scaling after a few cores; a process costs a one-off fork at the first task.
 PROCESS_WORKERS = 6
-
-_heif_lock = threading.Lock()
-_heif_registered = False
 
 
 class DecodeError(ValueError):
@@ -156,21 +153,6 @@ class DecodeResult:
     image: DecodedImage | None
     error: str | None
     content_hash: str | None = None  # with DecodeConfig.hash_files; None if unreadable
-
-
-def register_heif_opener() -> None:
-    """Teach Pillow to open HEIC/HEIF files (AVIF is native in Pillow); safe to call many times."""
-    global _heif_registered
-    with _heif_lock:
-        if _heif_registered:
-            return
-        try:
-            import pillow_heif
-
-            pillow_heif.register_heif_opener()
-        except ImportError:
-            logger.warning("pillow-heif is missing; HEIC/HEIF photos will be recorded as errors")
-        _heif_registered = True
 
 
 def default_prepare(image_size: int) -> Prepare:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from indexer.heif import register_heif_opener
+
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 320  # px, longest side: sharp in a 4-column grid on a wide screen
@@ -27,23 +29,10 @@ _JPEG_QUALITY = 85
 _ORIENTATION = 0x0112  # EXIF tag
 
 
-def _open_heif_too() -> None:
-    """Let Pillow open HEIC/HEIF as the indexer does (indexer.decode.register_heif_opener).
-
-    The catalog holds the HEIC photos the indexer read, so the app must open them too: thumbnails
-    here and uploads (uploads.open_upload). The plugin is process-wide and every page imports this
-    module (through ui), so registering once at import covers both. Not imported from the indexer:
-    that would load torch into this Pillow-only module.
-    """
-    try:
-        import pillow_heif
-    except ImportError:
-        logger.warning("pillow-heif is missing; HEIC/HEIF photos can't be shown or uploaded")
-        return
-    pillow_heif.register_heif_opener()
-
-
-_open_heif_too()
+# The catalog holds the HEIC photos the indexer read, so the app must open them too: thumbnails
+# here and uploads (uploads.open_upload). The plugin is process-wide and every page imports this
+# module (through ui), so registering once at import covers both.
+register_heif_opener()
 
 
 class ImageUnavailableError(OSError):
