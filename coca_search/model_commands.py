@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from coca.generate import DecodingConfig
-    from indexer.decode import DecodeConfig, DecodeResult, Prepare
+    from indexer.decode import DecodeResult
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +65,12 @@ def _decoding(name: str) -> DecodingConfig:
     return DecodingConfig(generation_type=name)
 
 
-def _decode_for_caption(path: Path, config: DecodeConfig, prepare: Prepare) -> DecodeResult:
-    """One file as the model's uint8 (3, S, S) input, decoded exactly as `index` decodes it (EXIF
-    orientation, decompression-bomb refusal, JPEG draft), or the one-line reason it cannot be."""
-    from indexer.decode import DecodeResult, decode_image
-
-    try:
-        return DecodeResult(path, decode_image(path, config, prepare), None)
-    except FileNotFoundError:
-        return DecodeResult(path, None, "no such file")
-    except MemoryError:
-        return DecodeResult(path, None, "not enough memory to decode this image")
-    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
-        return DecodeResult(path, None, f"not a readable image ({exc})")
+def _failure(result: DecodeResult) -> str:
+    """Why a file got no caption, from the decoder's own record (`decode_or_error`, as `index`
+    records it)."""
+    if not result.path.exists():
+        return "no such file"
+    return f"not a readable image ({result.error})"
 
 
 def _decode_stream(
@@ -87,7 +80,7 @@ def _decode_stream(
     memory follows --batch-size rather than the number of files."""
     import torch
 
-    from indexer.decode import DecodeConfig, map_files
+    from indexer.decode import DecodeConfig, decode_or_error, map_files
     from indexer.encode import default_decode_workers
 
     config = DecodeConfig(
@@ -97,7 +90,7 @@ def _decode_stream(
         prefetch=batch_size,
         backend="threads",  # a caption run is short: forking decode processes would not pay
     )
-    return map_files(paths, config, net.preprocess.pixels_for_model, _decode_for_caption)
+    return map_files(paths, config, net.preprocess.pixels_for_model, decode_or_error)
 
 
 def _caption_pixels(net: Any, pixels: list[torch.Tensor], decoding: DecodingConfig) -> list[str]:
@@ -141,7 +134,7 @@ def caption_command(
     try:
         for result in results:
             if result.image is None:
-                typer.echo(f"error: {result.path}: {result.error}", err=True)
+                typer.echo(f"error: {result.path}: {_failure(result)}", err=True)
                 failed += 1
                 continue
             batch.append(result)
